@@ -1,0 +1,34 @@
+# Two commands to know: `make demo` and `make test`. Everything installs into $(VENV).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+WORKERS ?= 4
+PUBLISHED_CLIENT := $(VENV)/published-riverapi
+
+.PHONY: demo serve test install clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e ".[test,demo]"
+	$(PY) -m pip install --quiet --no-deps --target $(PUBLISHED_CLIENT) riverapi==0.0.21
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	cd example_project && ../$(PY) manage.py migrate --verbosity 0 && ../$(PY) manage.py demo --port $(PORT)
+
+serve: install
+	cd example_project && ../$(PY) manage.py migrate --verbosity 0 && \
+		../$(VENV)/bin/gunicorn example_project.wsgi --workers $(WORKERS) --bind 127.0.0.1:$(PORT) \
+		--access-logfile -
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) example_project/river_ml_data example_project/db.sqlite3

@@ -1,0 +1,30 @@
+"""The one place events are emitted.
+
+Every state change and prediction calls :func:`emit`. Receivers of
+:data:`river_event` (live streams, metrics exporters, a site's own code) get
+``event`` (``"learn"``, ``"predict"``, ``"label"``, ``"upload"``, ``"delete"``)
+and ``data``. A receiver that raises never fails or slows the request: the
+error is logged and counted in :data:`dropped`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.dispatch import Signal
+
+logger = logging.getLogger(__name__)
+
+river_event = Signal()
+
+#: Events a receiver failed to handle, in this process.
+dropped = 0
+
+
+def emit(event: str, data: dict[str, Any]) -> None:
+    global dropped
+    for receiver, result in river_event.send_robust(sender=None, event=event, data=data):
+        if isinstance(result, Exception):
+            dropped += 1
+            logger.warning("Event %s dropped by %r: %r", event, receiver, result)

@@ -1,0 +1,57 @@
+"""Typed errors raised by :class:`~django_river_ml.client.DjangoClient`.
+
+Each carries the HTTP status the REST API answers with, so views never
+translate errors by hand and server code can catch exactly what it expects.
+"""
+
+from __future__ import annotations
+
+
+class RiverMLError(Exception):
+    """Base class: ``message`` is safe to show to the caller."""
+
+    status_code = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(RiverMLError):
+    """The request is missing something or has a value of the wrong kind."""
+
+
+class UnknownFlavor(InvalidInput):
+    """The flavor named in an upload does not exist."""
+
+
+class InvalidModel(InvalidInput):
+    """An uploaded model cannot be used: unsafe, unreadable, or unfit for its flavor."""
+
+
+class ModelNotFound(RiverMLError):
+    """No model of that name."""
+
+    status_code = 404
+
+
+class IdentifierNotFound(RiverMLError):
+    """No pending prediction with that identifier (never made, expired, or already labelled)."""
+
+    status_code = 404
+
+
+class ModelFailed(RiverMLError):
+    """The model raised while learning or predicting on this input; its state is unchanged."""
+
+
+class PayloadTooLarge(RiverMLError):
+    """The request body is larger than the configured limit."""
+
+    status_code = 413
+
+
+class StorageUnavailable(RiverMLError):
+    """The store (Redis or the embedded file) cannot be reached."""
+
+    status_code = 503

@@ -1,0 +1,196 @@
+"""Flavors: what kind of model, how it predicts, learns and is scored.
+
+A flavor is chosen at upload time and fixes, for the model's life, which
+method makes a prediction, whether learning needs a target, and which river
+metrics are kept.
+
+>>> from river import linear_model
+>>> flavor = get_flavor("regression")
+>>> flavor.check(linear_model.LinearRegression())
+>>> [type(m).__name__ for m in flavor.make_metrics()]
+['MAE', 'RMSE', 'SMAPE']
+>>> get_flavor("binary").check(linear_model.LinearRegression())
+Traceback (most recent call last):
+...
+django_river_ml.exceptions.InvalidModel: A binary model needs predict_proba_one, and LinearRegression does not have it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from numbers import Number
+from typing import Any, Callable
+
+from river import metrics
+
+from django_river_ml.exceptions import InvalidInput, InvalidModel, UnknownFlavor
+
+
+def last_step(model: Any) -> Any:
+    """The estimator that answers for a model: a pipeline's final step, else the model."""
+    steps = getattr(model, "steps", None)
+    if isinstance(steps, dict) and steps:
+        return last_step(list(steps.values())[-1])
+    return model
+
+
+def _is_supervised(model: Any) -> bool:
+    return bool(getattr(last_step(model), "_supervised", True))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_label(value: Any) -> bool:
+    return isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _most_likely(prediction: Any) -> Any:
+    if isinstance(prediction, dict):
+        return max(prediction, key=prediction.get) if prediction else None
+    return prediction
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """One kind of model. ``predict_method`` makes the prediction returned to callers."""
+
+    name: str
+    description: str
+    predict_method: str
+    # Methods the uploaded object must have (beyond learn_one).
+    required_methods: tuple[str, ...]
+    # None: the target is ignored; else a check and the words for the error.
+    target_check: Callable[[Any], bool] | None = None
+    target_words: str = ""
+    metric_factories: tuple[Callable[[], metrics.base.Metric], ...] = field(default_factory=tuple)
+    # When the model lacks predict_method, these are tried instead (in order).
+    fallback_methods: tuple[str, ...] = ()
+
+    @property
+    def supervised(self) -> bool:
+        return self.target_check is not None
+
+    def check(self, model: Any) -> None:
+        """Raise :class:`InvalidModel` saying what the model lacks for this flavor."""
+        name = type(last_step(model)).__name__
+        for method in ("learn_one", *self.required_methods):
+            if not callable(getattr(model, method, None)) or not callable(getattr(last_step(model), method, None)):
+                if method == self.predict_method and any(
+                    callable(getattr(last_step(model), m, None)) for m in self.fallback_methods
+                ):
+                    continue
+                raise InvalidModel(f"A {self.name} model needs {method}, and {name} does not have it.")
+        if self.name == "multiclass" and getattr(last_step(model), "_multiclass", True) is False:
+            raise InvalidModel(
+                f"{name} is a binary classifier: upload it with the binary flavor, "
+                "or wrap it in river.multiclass.OneVsRestClassifier for several classes."
+            )
+
+    def make_metrics(self) -> list[metrics.base.Metric]:
+        return [factory() for factory in self.metric_factories]
+
+    def validate_target(self, target: Any) -> None:
+        if self.target_check is None:
+            return
+        if target is None:
+            raise InvalidInput(f"A {self.name} model learns from a ground_truth ({self.target_words}); none was given.")
+        if not self.target_check(target):
+            raise InvalidInput(f"ground_truth for a {self.name} model must be {self.target_words}, not {target!r}.")
+
+    def predict(self, model: Any, features: dict) -> Any:
+        for method in (self.predict_method, *self.fallback_methods):
+            function = getattr(last_step(model), method, None)
+            if callable(function):
+                return getattr(model, method)(features)
+        raise InvalidModel(f"The model has no {self.predict_method}.")
+
+    def learn(self, model: Any, features: dict, target: Any) -> None:
+        if target is not None and _is_supervised(model):
+            model.learn_one(features, target)
+        else:
+            model.learn_one(features)
+
+    def update_metrics(self, metric_list: list, target: Any, prediction: Any) -> None:
+        """Score a prediction made before learning; skipped when there is nothing to score."""
+        if target is None or prediction is None or prediction == {}:
+            return
+        for metric in metric_list:
+            requires_labels = getattr(metric, "requires_labels", False)
+            y_pred = _most_likely(prediction) if requires_labels else prediction
+            try:
+                metric.update(target, y_pred)
+            except (TypeError, ValueError, KeyError, ZeroDivisionError, ArithmeticError):
+                # A metric that cannot score this pair skips it (every replica alike).
+                continue
+
+
+FLAVORS: dict[str, Flavor] = {
+    flavor.name: flavor
+    for flavor in (
+        Flavor(
+            name="regression",
+            description="predict_one gives a number; learns from a numeric ground_truth",
+            predict_method="predict_one",
+            required_methods=("predict_one",),
+            target_check=_is_number,
+            target_words="a finite number",
+            metric_factories=(metrics.MAE, metrics.RMSE, metrics.SMAPE),
+        ),
+        Flavor(
+            name="binary",
+            description="predict_proba_one gives {label: probability}; learns from a label",
+            predict_method="predict_proba_one",
+            required_methods=("predict_proba_one",),
+            target_check=_is_label,
+            target_words="a label (boolean, string or number)",
+            metric_factories=(metrics.Accuracy, metrics.LogLoss, metrics.Precision, metrics.Recall, metrics.F1),
+        ),
+        Flavor(
+            name="multiclass",
+            description="predict_proba_one (or predict_one) gives the class; learns from a label",
+            predict_method="predict_proba_one",
+            fallback_methods=("predict_one",),
+            required_methods=("predict_proba_one",),
+            target_check=_is_label,
+            target_words="a label (string, number or boolean)",
+            metric_factories=(
+                metrics.Accuracy,
+                metrics.CrossEntropy,
+                metrics.MacroPrecision,
+                metrics.MacroRecall,
+                metrics.MacroF1,
+                metrics.MicroPrecision,
+                metrics.MicroRecall,
+                metrics.MicroF1,
+            ),
+        ),
+        Flavor(
+            name="cluster",
+            description="predict_one gives a cluster id; learns from features only",
+            predict_method="predict_one",
+            required_methods=("predict_one",),
+        ),
+        Flavor(
+            name="anomaly",
+            description="score_one gives an anomaly score; learns from features only",
+            predict_method="score_one",
+            required_methods=("score_one",),
+        ),
+        Flavor(
+            name="custom",
+            description="the model's own predict_one; learns with ground_truth when one is given",
+            predict_method="predict_one",
+            required_methods=("predict_one",),
+        ),
+    )
+}
+
+
+def get_flavor(name: str) -> Flavor:
+    try:
+        return FLAVORS[name]
+    except (KeyError, TypeError):
+        raise UnknownFlavor(f"Unknown flavor {name!r}; choose one of {', '.join(FLAVORS)}.") from None

@@ -1,0 +1,41 @@
+"""Request bodies of the River API, validated by DRF.
+
+Serializers check shape (which fields, which JSON types); the meaning of the
+values (names, features, targets for the flavor) is checked by DjangoClient so
+server code calling it directly gets the same checks.
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+
+class ModelNameSerializer(serializers.Serializer):
+    model = serializers.CharField(trim_whitespace=False, help_text="Name of the model.")
+
+
+class PredictSerializer(ModelNameSerializer):
+    features = serializers.JSONField(help_text="Feature names to numbers, strings, booleans or null.")
+    identifier = serializers.CharField(
+        required=False, allow_null=True, trim_whitespace=False,
+        help_text="Identifier to store the prediction under for a later label (generated if omitted).",
+    )
+
+
+class LearnSerializer(ModelNameSerializer):
+    features = serializers.JSONField(required=False, help_text="Optional when a known identifier is given.")
+    ground_truth = serializers.JSONField(required=False, allow_null=True, help_text="The target to learn.")
+    identifier = serializers.CharField(
+        required=False, allow_null=True, trim_whitespace=False,
+        help_text="A prediction's identifier: its stored prediction is scored against ground_truth.",
+    )
+
+    def validate(self, attrs):
+        if "features" not in attrs and not attrs.get("identifier"):
+            raise serializers.ValidationError({"features": "This field is required (or give an identifier)."})
+        return attrs
+
+
+class LabelSerializer(ModelNameSerializer):
+    identifier = serializers.CharField(trim_whitespace=False)
+    label = serializers.JSONField(help_text="The true label of the prediction with that identifier.")

@@ -1,0 +1,178 @@
+"""One settings object for the app, in the manner of DRF's ``api_settings``.
+
+Values come, in order of precedence, from an environment variable
+``DJANGO_RIVER_ML_<NAME>``, from the ``DJANGO_RIVER_ML`` dict in the Django
+settings, and from :data:`DEFAULTS`. Attributes are resolved lazily and the
+cache is dropped whenever Django's ``setting_changed`` signal fires, so
+``override_settings(DJANGO_RIVER_ML={...})`` works in tests.
+
+>>> from django_river_ml.settings import river_settings
+>>> river_settings.URL_PREFIX
+'api'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+
+ENV_PREFIX = "DJANGO_RIVER_ML_"
+SETTINGS_NAME = "DJANGO_RIVER_ML"
+
+STORAGE_BACKENDS = ("shelve", "redis")
+
+DEFAULTS: dict[str, Any] = {
+    # Routes live under /<URL_PREFIX>/ (read when the urls module is imported).
+    "URL_PREFIX": "api",
+    # Route names to serve; empty means every route.
+    "API_VIEWS_ENABLED": [],
+    # "shelve" (embedded, one SQLite file under DATA_DIR) or "redis".
+    "STORAGE_BACKEND": "shelve",
+    # Where the embedded store keeps its data. None: <BASE_DIR>/river_ml_data,
+    # or ./river_ml_data when the site has no BASE_DIR. Never the package dir.
+    "DATA_DIR": None,
+    # Full path of the embedded store file; None: <DATA_DIR>/river-ml.sqlite3.
+    "SHELVE_PATH": None,
+    # Redis: a URL wins over host/port/db when given.
+    "REDIS_URL": None,
+    "REDIS_HOST": "localhost",
+    "REDIS_PORT": 6379,
+    "REDIS_DB": 0,
+    "REDIS_PASSWORD": None,
+    # Every Redis key starts with this, so several sites can share one server.
+    "REDIS_KEY_PREFIX": "river-ml",
+    # Make a uuid4 identifier for every prediction (a client may send its own).
+    "GENERATE_IDENTIFIERS": True,
+    # Unlabelled identifiers are forgotten after this many seconds.
+    "IDENTIFIER_TTL_SECONDS": 24 * 3600,
+    # Write a snapshot of a model every this many log entries.
+    "SNAPSHOT_EVERY": 1000,
+    # How many snapshots to keep per model (the log before the oldest is trimmed).
+    "SNAPSHOTS_KEPT": 3,
+    # Weight of the newest call in the exponentially weighted mean durations.
+    "STATS_EWM_ALPHA": 0.3,
+    # Module prefixes, besides river's own, whose classes an uploaded pickle may use.
+    "ALLOWED_MODEL_MODULES": [],
+    # Largest model upload accepted, in bytes.
+    "MAX_UPLOAD_SIZE": 64 * 1024 * 1024,
+    # Public URL of the site (service info "baseurl"); None: taken from the request.
+    "DOMAIN_URL": None,
+}
+
+_BOOLEAN_WORDS = {
+    "1": True, "true": True, "yes": True, "on": True,
+    "0": False, "false": False, "no": False, "off": False,
+}
+
+
+class SettingError(ValueError):
+    """A setting has a value the app cannot use."""
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    """Turn an environment string into the type of the setting's default."""
+    default = DEFAULTS[name]
+    text = raw.strip()
+    if isinstance(default, bool):
+        try:
+            return _BOOLEAN_WORDS[text.lower()]
+        except KeyError:
+            raise SettingError(f"{ENV_PREFIX}{name}={raw!r} is not a boolean (use true or false)") from None
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingError(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
+    if isinstance(default, list):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if default is None and text.lower() in ("", "none", "null"):
+        return None
+    return text
+
+
+class RiverSettings:
+    """Lazily resolved settings; ``reload()`` drops the cache."""
+
+    def __init__(self, defaults: dict[str, Any] | None = None):
+        self.defaults = defaults or DEFAULTS
+        self._cached: set[str] = set()
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        return getattr(django_settings, SETTINGS_NAME, None) or {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.defaults:
+            raise AttributeError(f"Invalid django-river-ml setting: {name!r}")
+        env_value = os.environ.get(ENV_PREFIX + name)
+        if env_value is not None:
+            value = _parse_env(name, env_value)
+        else:
+            value = self.user_settings.get(name, self.defaults[name])
+        self._cached.add(name)
+        setattr(self, name, value)
+        return value
+
+    def reload(self) -> None:
+        for name in self._cached:
+            if name in self.__dict__:
+                delattr(self, name)
+        self._cached.clear()
+
+    # Derived values -----------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        if self.DATA_DIR:
+            return Path(self.DATA_DIR)
+        base = getattr(django_settings, "BASE_DIR", None)
+        return Path(base or os.getcwd()) / "river_ml_data"
+
+    @property
+    def shelve_path(self) -> Path:
+        return Path(self.SHELVE_PATH) if self.SHELVE_PATH else self.data_dir / "river-ml.sqlite3"
+
+    def problems(self) -> list[str]:
+        """Every reason the current settings cannot work (used by the system check)."""
+        found = []
+        for name in self.defaults:
+            try:
+                getattr(self, name)
+            except SettingError as error:
+                found.append(str(error))
+        if found:
+            return found
+        if self.STORAGE_BACKEND not in STORAGE_BACKENDS:
+            found.append(
+                f"STORAGE_BACKEND is {self.STORAGE_BACKEND!r}; choose one of {', '.join(STORAGE_BACKENDS)}"
+            )
+        for name in ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                found.append(f"{name} must be a whole number of at least 1, not {value!r}")
+        alpha = self.STATS_EWM_ALPHA
+        if not isinstance(alpha, (int, float)) or not 0 < float(alpha) <= 1:
+            found.append(f"STATS_EWM_ALPHA must be a number in (0, 1], not {alpha!r}")
+        prefix = self.URL_PREFIX
+        if not isinstance(prefix, str) or prefix != prefix.strip("/") or " " in prefix:
+            found.append(f"URL_PREFIX must be a path without leading or trailing slashes, not {prefix!r}")
+        for name in ("ALLOWED_MODEL_MODULES", "API_VIEWS_ENABLED"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                found.append(f"{name} must be a list of strings, not {value!r}")
+        return found
+
+
+river_settings = RiverSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTINGS_NAME or setting == "BASE_DIR":
+        river_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,239 @@
+"""Per-process model replicas kept in step with the store's log.
+
+This is the one place where a model's state changes. A model's truth is its
+newest snapshot plus the log entries after it. Each worker process keeps a
+:class:`Replica` (model, metrics, last sequence applied) and, before it
+answers, applies the entries it has not seen. Applying is deterministic
+(prediction, then metrics, then ``learn_one``), so every replica that applies
+the same log from the same snapshot reaches the same state, and no request
+ever (de)serializes the whole model.
+
+An entry the model raises on is marked rejected and the replica that tried it
+is rebuilt from its snapshot without it: river may have changed one pipeline
+step before a later one raised, and a half-applied learn must not survive.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from django_river_ml.exceptions import ModelFailed, ModelNotFound
+from django_river_ml.flavors import Flavor, get_flavor
+from django_river_ml.settings import river_settings
+from django_river_ml.storage import ModelInfo, Store, get_store
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+
+
+def dump_state(model: Any, metrics: list) -> bytes:
+    """Serialize a model with its metrics (snapshots are written by us, read by us)."""
+    state = {"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics}
+    try:
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        import dill
+
+        return dill.dumps(state)
+
+
+def load_state(data: bytes) -> tuple[Any, list]:
+    state = pickle.loads(data)  # noqa: S301 - our own snapshot from the trusted store
+    return state["model"], state["metrics"]
+
+
+def new_incarnation() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Replica:
+    """This process's copy of one model, valid up to ``seq``."""
+
+    name: str
+    incarnation: str
+    flavor: Flavor
+    model: Any
+    metrics: list
+    seq: int
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+
+@dataclass
+class Outcome:
+    """What applying one entry produced (for the request that appended it)."""
+
+    applied: bool = False
+    prediction: Any = None
+    error: BaseException | None = None
+
+
+class ModelRegistry:
+    """The replicas of one process, bound to one store."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._replicas: dict[str, Replica] = {}
+        self._lock = threading.Lock()
+
+    # Reading ---------------------------------------------------------------
+
+    def replica(self, name: str) -> Replica:
+        """A replica brought up to the head of the log; call under ``replica.lock``."""
+        info = self.store.model_info(name)
+        if info is None:
+            self.forget(name)
+            raise ModelNotFound(f"No model named {name!r}.")
+        replica = self._replicas.get(name)
+        if replica is None or replica.incarnation != info.incarnation:
+            replica = self._load(info)
+        with replica.lock:
+            self._advance(replica, info.head)
+        return replica
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._replicas.pop(name, None)
+
+    # Writing ---------------------------------------------------------------
+
+    def create(self, name: str, flavor: Flavor, model: Any) -> None:
+        incarnation = new_incarnation()
+        snapshot = dump_state(model, flavor.make_metrics())
+        self.store.create_model(name, flavor.name, incarnation, snapshot)
+        self.forget(name)
+
+    def learn(self, name: str, make_entry: Callable[[Flavor], dict]) -> tuple[int, Outcome]:
+        """Append an entry built for the model's flavor, then apply it here.
+
+        The append is the commit point. The entry is applied before answering
+        so that a model that raises on it is reported to this caller (and the
+        entry rejected everywhere).
+        """
+        for _ in range(3):
+            replica = self._replicas.get(name)
+            if replica is None:
+                info = self.store.model_info(name)
+                if info is None:
+                    raise ModelNotFound(f"No model named {name!r}.")
+                replica = self._load(info)
+            entry = make_entry(replica.flavor)
+            seq = self.store.append(name, replica.incarnation, pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
+            if seq is None:  # deleted or replaced since this replica was made: look again
+                self.forget(name)
+                continue
+            with replica.lock:
+                outcome = self._advance(replica, seq, watch=seq)
+                if not outcome.applied:
+                    # Another thread of this process applied it first; the log says how it went.
+                    found = self.store.entries(replica.incarnation, seq - 1, seq)
+                    if found and found[0].rejected:
+                        outcome.error = ValueError("the model raised on it")
+                if outcome.error is None and seq % river_settings.SNAPSHOT_EVERY == 0:
+                    self._snapshot(replica)
+            if outcome.error is not None:
+                error = outcome.error
+                raise ModelFailed(
+                    f"The model could not learn from this input ({type(error).__name__}: {error}); "
+                    "it was left unchanged."
+                )
+            return seq, outcome
+        raise ModelNotFound(f"No model named {name!r}.")
+
+    # Internals -------------------------------------------------------------
+
+    def _load(self, info: ModelInfo) -> Replica:
+        snapshot = self.store.latest_snapshot(info.incarnation)
+        if snapshot is None:
+            raise ModelNotFound(f"No model named {info.name!r}.")
+        seq, data = snapshot
+        model, metrics = load_state(data)
+        replica = Replica(info.name, info.incarnation, get_flavor(info.flavor), model, metrics, seq)
+        with self._lock:
+            current = self._replicas.get(info.name)
+            if current is not None and current.incarnation == info.incarnation and current.seq >= seq:
+                return current
+            self._replicas[info.name] = replica
+        return replica
+
+    def _rebuild(self, replica: Replica) -> None:
+        """Reload ``replica`` in place from its newest snapshot (entries are replayed by the caller)."""
+        snapshot = self.store.latest_snapshot(replica.incarnation)
+        if snapshot is None:
+            raise ModelNotFound(f"No model named {replica.name!r}.")
+        replica.seq, data = snapshot
+        replica.model, replica.metrics = load_state(data)
+
+    def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
+        """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``."""
+        outcome = Outcome()
+        while replica.seq < upto:
+            entries = self.store.entries(replica.incarnation, replica.seq, upto)
+            if not entries or entries[0].seq != replica.seq + 1:
+                # The log before the newest snapshots was trimmed: start from a snapshot.
+                self._rebuild(replica)
+                entries = self.store.entries(replica.incarnation, replica.seq, upto)
+                if entries and entries[0].seq != replica.seq + 1 or not entries and replica.seq < upto:
+                    raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
+            for entry in entries:
+                if entry.rejected:
+                    replica.seq = entry.seq
+                    continue
+                try:
+                    prediction = self._apply(replica, pickle.loads(entry.data))  # noqa: S301 - our log
+                except Exception as error:  # the model raised: reject everywhere, rebuild here
+                    logger.info("Model %s rejected entry %s: %r", replica.name, entry.seq, error)
+                    self.store.reject(replica.incarnation, entry.seq)
+                    if entry.seq == watch:
+                        outcome.applied, outcome.error = True, error
+                    self._rebuild(replica)
+                    break
+                replica.seq = entry.seq
+                if entry.seq == watch:
+                    outcome.applied, outcome.prediction = True, prediction
+        return outcome
+
+    @staticmethod
+    def _apply(replica: Replica, entry: dict) -> Any:
+        """Score the model's prediction (made now unless the entry carries one), then learn."""
+        flavor, features, target = replica.flavor, entry["x"], entry.get("y")
+        prediction = None
+        if "p" in entry:
+            prediction = entry["p"]
+        elif replica.metrics and target is not None:
+            prediction = flavor.predict(replica.model, dict(features))
+        flavor.update_metrics(replica.metrics, target, prediction)
+        flavor.learn(replica.model, dict(features), target)
+        return prediction
+
+    def _snapshot(self, replica: Replica) -> None:
+        try:
+            self.store.save_snapshot(
+                replica.name, replica.incarnation, replica.seq, dump_state(replica.model, replica.metrics),
+                keep=river_settings.SNAPSHOTS_KEPT,
+            )
+        except Exception:  # a missed snapshot only lengthens the next replay
+            logger.exception("Could not snapshot model %s at %s", replica.name, replica.seq)
+
+
+_registry: ModelRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> ModelRegistry:
+    """The registry of this process for the current store."""
+    global _registry
+    store = get_store()
+    registry = _registry
+    if registry is None or registry.store is not store:
+        with _registry_lock:
+            if _registry is None or _registry.store is not store:
+                _registry = ModelRegistry(store)
+            registry = _registry
+    return registry

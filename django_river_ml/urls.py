@@ -1,0 +1,32 @@
+"""Routes of the River API under ``/<URL_PREFIX>/``.
+
+Include them in a site's urls: ``path("", include("django_river_ml.urls"))``.
+``API_VIEWS_ENABLED`` (route names) limits which are served.
+"""
+
+from django.urls import path
+
+from django_river_ml import views
+from django_river_ml.settings import river_settings
+
+app_name = "django_river_ml"
+
+prefix = river_settings.URL_PREFIX.strip("/")
+prefix = f"{prefix}/" if prefix else ""
+
+routes = [
+    path(f"{prefix}", views.ServiceInfoView.as_view(), name="service_info"),
+    path(f"{prefix}learn/", views.LearnView.as_view(), name="learn"),
+    path(f"{prefix}predict/", views.PredictView.as_view(), name="predict"),
+    path(f"{prefix}label/", views.LabelView.as_view(), name="label"),
+    path(f"{prefix}metrics/", views.MetricsView.as_view(), name="metrics"),
+    path(f"{prefix}stats/", views.StatsView.as_view(), name="stats"),
+    path(f"{prefix}models/", views.ModelsView.as_view(), name="models"),
+    path(f"{prefix}model/", views.ModelDeleteView.as_view(), name="model_delete"),
+    path(f"{prefix}model/download/<str:name>/", views.ModelDownloadView.as_view(), name="model_download"),
+    path(f"{prefix}model/<str:name>/", views.ModelView.as_view(), name="model"),
+    path(f"{prefix}model/<str:flavor>/<str:name>/", views.ModelUploadView.as_view(), name="model_upload"),
+]
+
+enabled = set(river_settings.API_VIEWS_ENABLED)
+urlpatterns = [route for route in routes if not enabled or route.name in enabled]

@@ -1,0 +1,146 @@
+"""The River API views: validate with a serializer, call DjangoClient, shape the answer."""
+
+from __future__ import annotations
+
+from django.http import HttpResponse
+from rest_framework.parsers import FormParser, JSONParser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from django_river_ml import serializers
+from django_river_ml.client import DjangoClient
+from django_river_ml.exceptions import InvalidInput, PayloadTooLarge
+from django_river_ml.settings import river_settings
+from django_river_ml.views.errors import exception_handler
+
+
+class RiverAPIView(APIView):
+    """Base view: JSON in and out, our error format, independent of the site's DRF defaults."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    renderer_classes = [JSONRenderer]
+    parser_classes = [JSONParser, FormParser]
+
+    @property
+    def client(self) -> DjangoClient:
+        return DjangoClient()
+
+    def get_exception_handler(self):
+        return exception_handler
+
+    def validated(self, serializer_class, data=None) -> dict:
+        serializer = serializer_class(data=self.request.data if data is None else data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def model_name(self) -> str:
+        """The model named by ``?model=``, else by the body (JSON or form, any method)."""
+        name = self.request.query_params.get("model")
+        if name is None:
+            body = self.request.data
+            return self.validated(serializers.ModelNameSerializer, body if hasattr(body, "get") else {})["model"]
+        return name
+
+
+class ServiceInfoView(RiverAPIView):
+    def get(self, request):
+        return Response(self.client.info(baseurl=request.build_absolute_uri("/")))
+
+
+class LearnView(RiverAPIView):
+    def post(self, request):
+        data = self.validated(serializers.LearnSerializer)
+        result = self.client.learn(
+            data["model"], data.get("features"), ground_truth=data.get("ground_truth"),
+            identifier=data.get("identifier"),
+        )
+        return Response(result, status=201)
+
+
+class PredictView(RiverAPIView):
+    def post(self, request):
+        data = self.validated(serializers.PredictSerializer)
+        result = self.client.predict(data["model"], data["features"], identifier=data.get("identifier"))
+        return Response(result, status=201 if "identifier" in result else 200)
+
+
+class LabelView(RiverAPIView):
+    def post(self, request):
+        data = self.validated(serializers.LabelSerializer)
+        return Response(self.client.label(data["label"], data["identifier"], data["model"]))
+
+
+class MetricsView(RiverAPIView):
+    def get(self, request):
+        return Response(self.client.metrics(self.model_name()))
+
+
+class StatsView(RiverAPIView):
+    def get(self, request):
+        return Response(self.client.stats(self.model_name()))
+
+
+class ModelsView(RiverAPIView):
+    def get(self, request):
+        return Response({"models": self.client.models()})
+
+
+class ModelView(RiverAPIView):
+    """``/model/<name>/``: GET the JSON view, DELETE it; POST uploads with ``<name>`` as the flavor."""
+
+    def get(self, request, name):
+        return Response(self.client.get_model_json(name))
+
+    def post(self, request, name):
+        return upload(self, flavor=name, model_name=None)
+
+    def delete(self, request, name):
+        return deleted(self, name)
+
+
+class ModelDeleteView(RiverAPIView):
+    """``DELETE /model/`` with the name in a form or JSON body, or ``?model=``."""
+
+    def delete(self, request):
+        return deleted(self, self.model_name())
+
+
+class ModelUploadView(RiverAPIView):
+    def post(self, request, flavor, name):
+        return upload(self, flavor=flavor, model_name=name)
+
+
+class ModelDownloadView(RiverAPIView):
+    def get(self, request, name):
+        data = self.client.download_model(name)
+        response = HttpResponse(data, content_type="application/octet-stream")
+        response["Content-Disposition"] = f'attachment; filename="{name}.pkl"'
+        return response
+
+
+def upload(view: RiverAPIView, flavor: str, model_name: str | None) -> Response:
+    body = read_body(view.request, river_settings.MAX_UPLOAD_SIZE)
+    name = view.client.upload_model(body, flavor, model_name=model_name)
+    return Response({"name": name}, status=201)
+
+
+def deleted(view: RiverAPIView, name: str) -> Response:
+    view.client.delete_model(name)
+    return Response({"message": f"Deleted model {name}.", "model": name})
+
+
+def read_body(request, limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes (Django's in-memory limit does not apply)."""
+    django_request = request._request
+    try:
+        declared = int(django_request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise InvalidInput("The Content-Length header is not a number.") from None
+    if declared > limit:
+        raise PayloadTooLarge(f"The body is {declared} bytes; the limit is {limit}.")
+    data = django_request.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes.")
+    return data

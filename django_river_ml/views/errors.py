@@ -1,0 +1,46 @@
+"""Every error the API answers is JSON ``{"message": ...}``."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+from django_river_ml.exceptions import RiverMLError
+
+logger = logging.getLogger(__name__)
+
+
+def flatten_detail(detail) -> str:
+    """DRF's nested error details as one sentence: ``field: problem; field: problem``."""
+    if isinstance(detail, dict):
+        parts = []
+        for field, problems in detail.items():
+            text = flatten_detail(problems)
+            parts.append(text if field in ("non_field_errors", "detail") else f"{field}: {text}")
+        return "; ".join(parts)
+    if isinstance(detail, (list, tuple)):
+        return " ".join(flatten_detail(item) for item in detail)
+    return str(detail)
+
+
+def exception_handler(exc, context):
+    """DRF exception handler for the River API views."""
+    if isinstance(exc, RiverMLError):
+        return Response({"message": exc.message}, status=exc.status_code)
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, PermissionDenied):
+        exc = drf_exceptions.PermissionDenied(str(exc) or None)
+    if isinstance(exc, drf_exceptions.APIException):
+        headers = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        return Response({"message": flatten_detail(exc.detail)}, status=exc.status_code, headers=headers)
+    logger.exception("Unexpected error in %s", context.get("view").__class__.__name__)
+    return Response({"message": "Internal server error; the details are in the server log."}, status=500)
