@@ -26,6 +26,7 @@ import copy
 import functools
 import importlib
 import io
+import operator
 import pickle
 import random
 import types
@@ -44,6 +45,7 @@ SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "deque"): collections.deque,
     ("copy", "deepcopy"): copy.deepcopy,
     ("functools", "partial"): functools.partial,
+    ("operator", "itemgetter"): operator.itemgetter,
     ("random", "Random"): random.Random,
     ("random", "Random.gauss"): random.Random.gauss,
     ("builtins", "int"): int,
@@ -66,6 +68,7 @@ SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 # Type names dill's ``_load_type`` may hand out (what real river pickles use).
 SAFE_DILL_TYPES: dict[str, type] = {
     "PartialType": functools.partial,
+    "ItemGetterType": operator.itemgetter,
     "MethodType": types.MethodType,
     "NoneType": type(None),
     "int": int,

@@ -1,0 +1,107 @@
+"""The settings object: defaults, DJANGO_RIVER_ML dict, environment overrides, system checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.core import checks
+from django.test import override_settings
+
+import django_river_ml
+from django_river_ml.settings import river_settings
+from django_river_ml.storage import get_store
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    river_settings.reload()
+    yield
+    river_settings.reload()
+
+
+def river_errors():
+    return [message for message in checks.run_checks() if message.id == "django_river_ml.E001"]
+
+
+def test_defaults():
+    with override_settings(DJANGO_RIVER_ML={}):
+        assert river_settings.URL_PREFIX == "api"
+        assert river_settings.STORAGE_BACKEND == "shelve"
+        assert river_settings.GENERATE_IDENTIFIERS is True
+        assert river_settings.IDENTIFIER_TTL_SECONDS == 86400
+
+
+def test_override_settings_is_seen_at_once():
+    with override_settings(DJANGO_RIVER_ML={"GENERATE_IDENTIFIERS": False}):
+        assert river_settings.GENERATE_IDENTIFIERS is False
+    assert river_settings.GENERATE_IDENTIFIERS is True
+
+
+def test_unknown_setting_name_is_an_error():
+    with pytest.raises(AttributeError, match="NOT_A_SETTING"):
+        river_settings.NOT_A_SETTING
+
+
+@pytest.mark.parametrize(("name", "raw", "expected"), [
+    ("STORAGE_BACKEND", "redis", "redis"),
+    ("GENERATE_IDENTIFIERS", "false", False),
+    ("GENERATE_IDENTIFIERS", "Yes", True),
+    ("IDENTIFIER_TTL_SECONDS", "60", 60),
+    ("ALLOWED_MODEL_MODULES", "mysite.models, other.models", ["mysite.models", "other.models"]),
+    ("REDIS_URL", "redis://127.0.0.1:1/2", "redis://127.0.0.1:1/2"),
+])
+def test_environment_overrides_settings(monkeypatch, name, raw, expected):
+    monkeypatch.setenv(f"DJANGO_RIVER_ML_{name}", raw)
+    with override_settings(DJANGO_RIVER_ML={name: "something else"}):
+        assert getattr(river_settings, name) == expected
+
+
+@pytest.mark.parametrize(("name", "raw", "words"), [
+    ("GENERATE_IDENTIFIERS", "maybe", "not a boolean"),
+    ("IDENTIFIER_TTL_SECONDS", "a day", "not a whole number"),
+])
+def test_bad_environment_values_fail_the_system_check(monkeypatch, name, raw, words):
+    monkeypatch.setenv(f"DJANGO_RIVER_ML_{name}", raw)
+    river_settings.reload()
+    errors = river_errors()
+    assert len(errors) == 1
+    assert f"DJANGO_RIVER_ML_{name}" in errors[0].msg and words in errors[0].msg
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    ({"STORAGE_BACKEND": "mongo"}, "STORAGE_BACKEND"),
+    ({"IDENTIFIER_TTL_SECONDS": 0}, "IDENTIFIER_TTL_SECONDS"),
+    ({"SNAPSHOT_EVERY": "often"}, "SNAPSHOT_EVERY"),
+    ({"STATS_EWM_ALPHA": 2}, "STATS_EWM_ALPHA"),
+    ({"URL_PREFIX": "/api/"}, "URL_PREFIX"),
+    ({"ALLOWED_MODEL_MODULES": "mysite"}, "ALLOWED_MODEL_MODULES"),
+])
+def test_bad_settings_fail_the_system_check(config, words):
+    with override_settings(DJANGO_RIVER_ML=config):
+        errors = river_errors()
+        assert errors, config
+        assert words in errors[0].msg
+
+
+def test_good_settings_pass_the_system_check():
+    with override_settings(DJANGO_RIVER_ML={"STORAGE_BACKEND": "redis", "URL_PREFIX": "ml/v1"}):
+        assert river_errors() == []
+
+
+def test_data_never_goes_into_the_package(settings, tmp_path):
+    settings.BASE_DIR = tmp_path
+    with override_settings(DJANGO_RIVER_ML={}):
+        path = river_settings.shelve_path
+        assert path == tmp_path / "river_ml_data" / "river-ml.sqlite3"
+        assert Path(django_river_ml.__file__).parent not in path.parents
+
+
+def test_store_follows_the_settings(tmp_path, redis_url):
+    with override_settings(DJANGO_RIVER_ML={"DATA_DIR": str(tmp_path)}):
+        store = get_store()
+        assert store.backend_name == "shelve"
+        assert store.path == tmp_path / "river-ml.sqlite3"
+    with override_settings(DJANGO_RIVER_ML={"STORAGE_BACKEND": "redis", "REDIS_URL": redis_url}):
+        assert get_store().backend_name == "redis"
+        assert get_store().redis.ping()

@@ -1,0 +1,176 @@
+"""The snapshot + log core: replicas in several "processes", rejected entries, snapshots, restarts.
+
+Each ModelRegistry here stands for one worker process: it has its own replicas
+and shares only the store with the others.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from river import base, linear_model, preprocessing
+
+from django_river_ml.client import DjangoClient
+from django_river_ml.exceptions import ModelFailed
+from django_river_ml.state import ModelRegistry
+from django_river_ml.storage import get_store, make_store
+from flavored_models import examples
+
+
+class Fragile(base.Regressor):
+    """A final pipeline step that raises on the feature ``boom`` (after earlier steps learned)."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def learn_one(self, x, y=None):
+        if "boom" in x:
+            raise ValueError("boom is not allowed")
+        self.seen += 1
+
+    def predict_one(self, x):
+        return float(self.seen)
+
+
+def fragile_pipeline():
+    return preprocessing.StandardScaler() | Fragile()
+
+
+def worker(backend_store=None) -> DjangoClient:
+    """A client with its own registry, as a separate worker process would have."""
+    return DjangoClient(store=backend_store or get_store())
+
+
+def state_of(client: DjangoClient, name: str):
+    model = client.get_model(name)
+    return dict(model["StandardScaler"].counts), model["Fragile"].seen
+
+
+def test_learns_in_one_worker_are_seen_by_another(backend):
+    first, second = worker(), worker()
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "shared")
+    x0 = examples("regression")[0][0]
+    assert second.predict("shared", x0)["prediction"] == 0.0
+    for x, y in examples("regression", 20):
+        first.learn("shared", x, ground_truth=y)
+    assert second.predict("shared", x0)["prediction"] == first.predict("shared", x0)["prediction"] != 0.0
+    assert second.metrics("shared") == first.metrics("shared")
+    assert second.stats("shared")["learn"]["n_calls"] == 20
+
+
+def test_failed_learn_leaves_no_trace_in_any_worker(backend):
+    first, second = worker(), worker()
+    first.upload_model(fragile_pipeline(), "custom", "fragile")
+    first.learn("fragile", {"a": 1.0}, ground_truth=1.0)
+    second.learn("fragile", {"a": 2.0}, ground_truth=1.0)
+    before = state_of(first, "fragile")
+    assert before == ({"a": 2}, 2)
+
+    # The scaler learns before the last step raises: the replica must not keep that half-learn.
+    with pytest.raises(ModelFailed, match="boom is not allowed"):
+        first.learn("fragile", {"a": 3.0, "boom": 1.0}, ground_truth=1.0)
+    assert state_of(first, "fragile") == before
+    assert state_of(second, "fragile") == before
+    assert first.stats("fragile")["learn"]["n_calls"] == 2
+
+    # Later learns work everywhere and the rejected entry stays out.
+    second.learn("fragile", {"a": 4.0}, ground_truth=1.0)
+    assert state_of(first, "fragile") == state_of(second, "fragile") == ({"a": 3}, 3)
+    # A worker starting now replays the log and skips the rejected entry too.
+    assert state_of(worker(), "fragile") == ({"a": 3}, 3)
+
+
+def test_worker_that_meets_a_bad_entry_first_rebuilds_without_it(backend):
+    """Another worker applies a bad entry before its author marked it rejected."""
+    first, second = worker(), worker()
+    first.upload_model(fragile_pipeline(), "custom", "race")
+    first.learn("race", {"a": 1.0}, ground_truth=1.0)
+    state_of(second, "race")  # second's replica is now current
+    info = first.store.model_info("race")
+    # An append whose author has not applied it yet (as if it were still in flight).
+    first.store.append("race", info.incarnation, pickle.dumps({"x": {"a": 9.0, "boom": 1}, "y": 1.0}))
+    assert state_of(second, "race") == ({"a": 1}, 1)
+    assert first.store.entries(info.incarnation, 1, 2)[0].rejected
+    assert state_of(first, "race") == ({"a": 1}, 1)
+
+
+def test_snapshots_trim_the_log_and_stale_workers_catch_up(backend, settings):
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "SNAPSHOT_EVERY": 5, "SNAPSHOTS_KEPT": 2}
+    first, stale = worker(), worker()
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "snap")
+    data = examples("regression", 23)
+    for x, y in data[:3]:
+        first.learn("snap", x, ground_truth=y)
+    x0 = data[0][0]
+    stale.predict("snap", x0)  # stale's replica stops at sequence 3
+    for x, y in data[3:]:
+        first.learn("snap", x, ground_truth=y)
+
+    info = first.store.model_info("snap")
+    assert info.head == 23
+    assert first.store.latest_snapshot(info.incarnation)[0] == 20
+    # Two snapshots kept (15, 20): the log up to 15 is gone, the tail after it remains.
+    assert [entry.seq for entry in first.store.entries(info.incarnation, 0, 23)] == list(range(16, 24))
+
+    assert stale.predict("snap", x0)["prediction"] == first.predict("snap", x0)["prediction"]
+    assert stale.metrics("snap") == first.metrics("snap")
+    assert dict(stale.get_model("snap")["StandardScaler"].counts) == {k: 23 for k in x0}
+
+
+def test_state_survives_a_restart(backend, settings):
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "SNAPSHOT_EVERY": 10}
+    client = worker()
+    client.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "durable")
+    for x, y in examples("regression", 27):
+        client.learn("durable", x, ground_truth=y)
+    probes = [x for x, _ in examples("regression", 5)]
+    before = [client.predict("durable", x)["prediction"] for x in probes]
+    metrics_before = client.metrics("durable")
+
+    # A new store object and registry: nothing in memory survives, only what was stored.
+    restarted = DjangoClient(store=make_store())
+    assert [restarted.predict("durable", x)["prediction"] for x in probes] == before
+    assert restarted.metrics("durable") == metrics_before
+
+
+def test_request_path_does_not_pickle_the_model(backend, monkeypatch):
+    """Learn and predict apply log entries; they never (de)serialize the whole model."""
+    client = worker()
+    client.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "fast")
+    client.predict("fast", {"x": 1.0})  # the replica is loaded once
+
+    import django_river_ml.state as state
+
+    calls = []
+    monkeypatch.setattr(state, "dump_state", lambda *a: calls.append("dump"))
+    monkeypatch.setattr(state, "load_state", lambda *a: calls.append("load"))
+    for x, y in examples("regression", 50):
+        client.learn("fast", x, ground_truth=y)
+        client.predict("fast", x)
+    assert calls == []
+
+
+def test_deleted_model_is_gone_for_other_workers(backend):
+    first, second = worker(), worker()
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "temp")
+    second.predict("temp", {"x": 1.0})
+    first.delete_model("temp")
+    from django_river_ml.exceptions import ModelNotFound
+
+    with pytest.raises(ModelNotFound):
+        second.predict("temp", {"x": 1.0})
+    with pytest.raises(ModelNotFound):
+        second.learn("temp", {"x": 1.0}, ground_truth=1.0)
+
+
+def test_replaced_model_is_reloaded_by_other_workers(backend):
+    first, second = worker(), worker()
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "swap")
+    for x, y in examples("regression", 10):
+        second.learn("swap", x, ground_truth=y)
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "swap")
+    x0 = examples("regression")[0][0]
+    assert second.predict("swap", x0)["prediction"] == 0.0
+    second.learn("swap", x0, ground_truth=1.0)
+    assert first.store.model_info("swap").head == 1
