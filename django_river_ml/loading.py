@@ -16,7 +16,7 @@ global, before it is imported.
 >>> load_model(pickle.dumps(print))
 Traceback (most recent call last):
 ...
-django_river_ml.loading.UnsafeModel: The upload refers to builtins.print, which is not allowed in a model ...
+django_river_ml.loading.UnsafeModel: The upload refers to builtins.print, which a model may not use: ...
 """
 
 from __future__ import annotations
@@ -112,11 +112,12 @@ def _in_allowed_module(module: str | None, prefixes: tuple[str, ...]) -> bool:
 
 
 def _refuse(what: str) -> UnsafeModel:
+    extra = allowed_module_prefixes()[len(RIVER_MODULES):]
+    allowed = "river" + (f" and {', '.join(extra)}" if extra else "")
     return UnsafeModel(
-        f"The upload refers to {what}, which is not allowed in a model: only river and "
-        f"{', '.join(allowed_module_prefixes()[1:]) or 'no other'} modules are. "
-        "Use named classes and functions from an allowed module (no lambdas or local functions), "
-        "or ask the site to add the module to ALLOWED_MODEL_MODULES."
+        f"The upload refers to {what}, which a model may not use: only classes and functions from "
+        f"{allowed} are allowed. Use named classes and functions from an allowed module (no lambdas "
+        "or local functions), or ask the site to add the module to ALLOWED_MODEL_MODULES."
     )
 
 
