@@ -117,7 +117,7 @@ class RedisStore(Store):
                   self.key("snapshots", incarnation)],
             args=[name, flavor, incarnation, time.time(), snapshot],
         )
-        self._drop_model_data(name, old.decode() if old else None, keep_stats=False)
+        self._drop_model_data(name, old.decode() if old else None)
 
     def model_info(self, name):
         fields = self._call(self.redis.hgetall, self.key("model", name))
@@ -140,11 +140,12 @@ class RedisStore(Store):
         pipe.delete(self.key("model", name))
         pipe.srem(self.key("models"), name)
         incarnation, _, _ = self._call(pipe.execute)
-        self._drop_model_data(name, incarnation.decode() if incarnation else None, keep_stats=False)
+        self._drop_model_data(name, incarnation.decode() if incarnation else None)
         return incarnation is not None
 
-    def _drop_model_data(self, name: str, incarnation: str | None, keep_stats: bool) -> None:
-        keys = [] if keep_stats else [self.key("stats", name)]
+    def _drop_model_data(self, name: str, incarnation: str | None) -> None:
+        """Remove what hangs on a model: stats and identifiers by name, log and snapshots by incarnation."""
+        keys = [self.key("stats", name)]
         if incarnation:
             snapshots = self._call(self.redis.zrange, self.key("snapshots", incarnation), 0, -1)
             keys += [self.key("log", incarnation), self.key("rejected", incarnation),
