@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 WORKERS ?= 4
 PUBLISHED_CLIENT := $(VENV)/published-riverapi
+# Replaying a model's log must give the same model in every process (see docs/architecture.md).
+export PYTHONHASHSEED ?= 0
 
 .PHONY: demo serve test install clean
 

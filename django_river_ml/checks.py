@@ -1,6 +1,8 @@
 """System checks: a bad DJANGO_RIVER_ML setting stops start-up with a clear message."""
 
-from django.core.checks import Error, Tags, register
+import os
+
+from django.core.checks import Error, Tags, Warning, register
 
 from django_river_ml.settings import river_settings
 
@@ -12,3 +14,21 @@ def check_settings(app_configs=None, **kwargs):
               id="django_river_ml.E001")
         for problem in river_settings.problems()
     ]
+
+
+@register(Tags.compatibility)
+def check_hash_seed(app_configs=None, **kwargs):
+    """Replaying a model's log must give the same model in every process and after restarts.
+
+    Some river models iterate over sets of feature names while they learn (KMeans
+    draws its random centers in that order), and set order follows Python's
+    per-process hash seed.
+    """
+    if os.environ.get("PYTHONHASHSEED", "").isdigit():
+        return []
+    return [Warning(
+        "PYTHONHASHSEED is not set to a fixed number: worker processes started separately (after a restart, "
+        "or on other hosts sharing Redis) may replay some models (such as KMeans) into different states.",
+        hint="Start the server with PYTHONHASHSEED=0 (any fixed number, the same for every process).",
+        id="django_river_ml.W001",
+    )]

@@ -223,12 +223,7 @@ class DjangoClient:
         validate_name(model_name)
         validate_features(features)
         identifier = validate_identifier(identifier)
-        replica = self.registry.replica(model_name)
-        with replica.lock:
-            try:
-                prediction = replica.flavor.predict(replica.model, dict(features))
-            except Exception as error:
-                raise ModelFailed(f"The model could not predict on this input ({type(error).__name__}: {error}).")
+        prediction = self._predict(model_name, features)
         if identifier is None and river_settings.GENERATE_IDENTIFIERS:
             identifier = str(uuid.uuid4())
         result = {"model": model_name, "prediction": to_jsonable(prediction)}
@@ -279,9 +274,20 @@ class DjangoClient:
             return None
         return pickle.loads(data)  # noqa: S301 - written by predict() into our store
 
+    def _predict(self, model_name: str, features: dict) -> Any:
+        replica = self.registry.replica(model_name)
+        if replica.flavor.predictions_change_state:
+            _, outcome = self.registry.append(model_name, lambda flavor: {"op": "predict", "x": features})
+            return outcome.prediction
+        with replica.lock:
+            try:
+                return replica.flavor.predict(replica.model, dict(features))
+            except Exception as error:
+                raise ModelFailed(f"The model raised on this input ({type(error).__name__}: {error}).") from None
+
     def _learn(self, model_name, make_entry, identifier, record):
         try:
-            return self.registry.learn(model_name, make_entry)
+            return self.registry.append(model_name, make_entry)
         except Exception:
             if record is not None:  # let the caller try again with a corrected label
                 self.store.put_identifier(model_name, identifier, pickle.dumps(record),

@@ -40,7 +40,12 @@ def _is_supervised(model: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Number) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, Number) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _is_label(value: Any) -> bool:
@@ -68,6 +73,9 @@ class Flavor:
     metric_factories: tuple[Callable[[], metrics.base.Metric], ...] = field(default_factory=tuple)
     # When the model lacks predict_method, these are tried instead (in order).
     fallback_methods: tuple[str, ...] = ()
+    # Predicting changes the model (river's clusterers draw random centers for unseen
+    # features): such predictions go through the log so every replica changes alike.
+    predictions_change_state: bool = False
 
     @property
     def supervised(self) -> bool:
@@ -172,6 +180,7 @@ FLAVORS: dict[str, Flavor] = {
             description="predict_one gives a cluster id; learns from features only",
             predict_method="predict_one",
             required_methods=("predict_one",),
+            predictions_change_state=True,
         ),
         Flavor(
             name="anomaly",

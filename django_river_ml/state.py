@@ -69,7 +69,6 @@ class Replica:
 class Outcome:
     """What applying one entry produced (for the request that appended it)."""
 
-    applied: bool = False
     prediction: Any = None
     error: BaseException | None = None
 
@@ -109,7 +108,7 @@ class ModelRegistry:
         self.store.create_model(name, flavor.name, incarnation, snapshot)
         self.forget(name)
 
-    def learn(self, name: str, make_entry: Callable[[Flavor], dict]) -> tuple[int, Outcome]:
+    def append(self, name: str, make_entry: Callable[[Flavor], dict]) -> tuple[int, Outcome]:
         """Append an entry built for the model's flavor, then apply it here.
 
         The append is the commit point. The entry is applied before answering
@@ -124,24 +123,21 @@ class ModelRegistry:
                     raise ModelNotFound(f"No model named {name!r}.")
                 replica = self._load(info)
             entry = make_entry(replica.flavor)
-            seq = self.store.append(name, replica.incarnation, pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
-            if seq is None:  # deleted or replaced since this replica was made: look again
-                self.forget(name)
-                continue
+            # Holding the replica's lock from the append on, no other thread of this
+            # process applies the entry first: its outcome is ours to report.
             with replica.lock:
+                seq = self.store.append(name, replica.incarnation,
+                                        pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
+                if seq is None:  # deleted or replaced since this replica was made: look again
+                    self.forget(name)
+                    continue
                 outcome = self._advance(replica, seq, watch=seq)
-                if not outcome.applied:
-                    # Another thread of this process applied it first; the log says how it went.
-                    found = self.store.entries(replica.incarnation, seq - 1, seq)
-                    if found and found[0].rejected:
-                        outcome.error = ValueError("the model raised on it")
                 if outcome.error is None and seq % river_settings.SNAPSHOT_EVERY == 0:
                     self._snapshot(replica)
             if outcome.error is not None:
                 error = outcome.error
                 raise ModelFailed(
-                    f"The model could not learn from this input ({type(error).__name__}: {error}); "
-                    "it was left unchanged."
+                    f"The model raised on this input ({type(error).__name__}: {error}); it was left unchanged."
                 )
             return seq, outcome
         raise ModelNotFound(f"No model named {name!r}.")
@@ -191,18 +187,24 @@ class ModelRegistry:
                     logger.info("Model %s rejected entry %s: %r", replica.name, entry.seq, error)
                     self.store.reject(replica.incarnation, entry.seq)
                     if entry.seq == watch:
-                        outcome.applied, outcome.error = True, error
+                        outcome.error = error
                     self._rebuild(replica)
                     break
                 replica.seq = entry.seq
                 if entry.seq == watch:
-                    outcome.applied, outcome.prediction = True, prediction
+                    outcome.prediction = prediction
         return outcome
 
     @staticmethod
     def _apply(replica: Replica, entry: dict) -> Any:
-        """Score the model's prediction (made now unless the entry carries one), then learn."""
+        """Score the model's prediction (made now unless the entry carries one), then learn.
+
+        A ``predict`` entry only predicts: it is logged for flavors whose models
+        change when they predict, so every replica changes alike.
+        """
         flavor, features, target = replica.flavor, entry["x"], entry.get("y")
+        if entry.get("op") == "predict":
+            return flavor.predict(replica.model, dict(features))
         prediction = None
         if "p" in entry:
             prediction = entry["p"]

@@ -155,6 +155,7 @@ def live_server_factory(tmp_path, request):
             "DJANGO_DATABASE_PATH": str(tmp_path / "db.sqlite3"),
             "DJANGO_RIVER_ML_STORAGE_BACKEND": backend,
             "DJANGO_RIVER_ML_DATA_DIR": str(tmp_path / "live-data"),
+            "PYTHONHASHSEED": "0",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         })
         if backend == "redis":

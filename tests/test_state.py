@@ -174,3 +174,24 @@ def test_replaced_model_is_reloaded_by_other_workers(backend):
     assert second.predict("swap", x0)["prediction"] == 0.0
     second.learn("swap", x0, ground_truth=1.0)
     assert first.store.model_info("swap").head == 1
+
+
+def test_clusterer_predictions_change_every_replica_alike(backend):
+    """KMeans draws random centers for unseen features when it predicts: that must be replicated."""
+    from river import cluster
+
+    first, second = worker(), worker()
+    first.upload_model(cluster.KMeans(n_clusters=3, seed=1), "cluster", "km")
+    for x, _ in examples("cluster", 20):
+        second.learn("km", x)
+    x0 = examples("cluster", 1)[0][0]
+    predicted = first.predict("km", {**x0, "unseen": 1.0})["prediction"]
+    assert predicted in (0, 1, 2)
+    centers = first.get_model("km").centers
+    assert "unseen" in centers[0]
+    assert second.get_model("km").centers == centers
+    assert worker().get_model("km").centers == centers
+    for x, _ in examples("cluster", 5):
+        first.learn("km", {**x, "later": 2.0})
+    assert second.predict("km", x0)["prediction"] == first.predict("km", x0)["prediction"]
+    assert second.get_model("km").centers == first.get_model("km").centers
