@@ -1,0 +1,146 @@
+"""`manage.py demo` (gunicorn + a feeder of river's datasets) and the example site's dashboard page."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from django.test import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_PROJECT = ROOT / "example_project"
+LIMIT = 30
+# name -> (main metric, every metric its flavor keeps)
+DEMO_MODELS = {
+    "demo-binary": ("Accuracy", {"Accuracy", "LogLoss", "Precision", "Recall", "F1"}),
+    "demo-multiclass": ("Accuracy", {"Accuracy", "CrossEntropy", "MacroPrecision", "MacroRecall", "MacroF1",
+                                     "MicroPrecision", "MicroRecall", "MicroF1"}),
+    "demo-regression": ("MAE", {"MAE", "RMSE", "SMAPE"}),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def site_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_RIVER_ML_")}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DJANGO_RIVER_ML_DATA_DIR": str(tmp_path / "data"),
+        "DJANGO_DATABASE_PATH": str(tmp_path / "db.sqlite3"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=EXAMPLE_PROJECT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def final_line(output: str, name: str) -> str:
+    found = re.search(rf"^  {re.escape(name)}: predicted .*$", output, flags=re.MULTILINE)
+    assert found, f"no final metrics line for {name} in:\n{output}"
+    return found.group(0)
+
+
+def check_final_lines(output: str) -> None:
+    for name, (main, _) in DEMO_MODELS.items():
+        line = final_line(output, name)
+        assert line.startswith(f"  {name}: predicted {LIMIT}, labelled {LIMIT}, errors 0; "), line
+        assert re.search(rf"\b{main} \d+\.\d+%?", line), line
+
+
+def test_dashboard_page_is_served():
+    response = Client().get("/")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    html = response.content.decode()
+    assert "live dashboard" in html
+    assert 'id="models"' in html
+    # The page finds the API through the site's urls (default prefix "api").
+    for route in ("/api/models/", "/api/metrics/", "/api/stats/"):
+        assert f'"{route}"' in html
+    # Self-contained: no external scripts, styles or fonts.
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+
+
+@pytest.mark.live
+def test_demo_serves_feeds_and_stops(tmp_path, settings):
+    env = site_env(tmp_path)
+    migrated = manage("migrate", "--verbosity", "0", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    port = free_port()
+
+    result = manage("demo", "--port", str(port), "--limit", str(LIMIT), "--rate", "200", "--workers", "2", env=env)
+
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    assert f"Open the dashboard:  http://127.0.0.1:{port}/\n" in output
+    assert f"http://127.0.0.1:{port}/api/models/" in output
+    assert f"http://127.0.0.1:{port}/api/metrics/?model=" in output
+    check_final_lines(output)
+    assert "Stopping gunicorn" in output
+
+    # The server stopped with the command: nothing answers on the port any more.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/api/", timeout=5)
+
+    # What the server stored outlives it, and the printed numbers are the stored ones.
+    settings.DJANGO_RIVER_ML = {"DATA_DIR": env["DJANGO_RIVER_ML_DATA_DIR"], "STORAGE_BACKEND": "shelve"}
+    from django_river_ml.client import DjangoClient
+
+    client = DjangoClient()
+    assert client.models() == sorted(DEMO_MODELS)
+    for name, (main, metric_names) in DEMO_MODELS.items():
+        stats = client.stats(name)
+        assert stats["predict"]["n_calls"] == LIMIT
+        assert stats["label"]["n_calls"] == LIMIT
+        metrics = client.metrics(name)
+        assert set(metrics) == metric_names
+        value = metrics[main]
+        shown = f"{value * 100:.1f}%" if main == "Accuracy" else f"{value:.3f}"
+        assert f"{main} {shown}" in final_line(output, name)
+
+
+@pytest.mark.live
+def test_demo_feeds_a_running_server(live_server_factory):
+    server = live_server_factory("shelve", workers=2)
+
+    # Without --no-server, a busy port is refused before anything starts.
+    refused = manage("demo", "--port", str(server.port), "--limit", "1", env=server.env)
+    assert refused.returncode != 0
+    assert "already listens" in refused.stderr
+
+    result = manage("demo", "--no-server", "--port", str(server.port), "--limit", str(LIMIT), "--rate", "200",
+                    env=server.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Starting gunicorn" not in result.stdout
+    assert f"Open the dashboard:  {server.url}/" in result.stdout
+    check_final_lines(result.stdout)
+
+    # The server keeps running after the feeder: inspect it the way the dashboard does.
+    assert requests.get(f"{server.url}/api/models/", timeout=10).json() == {"models": sorted(DEMO_MODELS)}
+    for name, (main, metric_names) in DEMO_MODELS.items():
+        stats = requests.get(f"{server.url}/api/stats/", params={"model": name}, timeout=10).json()
+        assert stats["predict"]["n_calls"] == LIMIT
+        assert stats["label"]["n_calls"] == LIMIT
+        assert stats["predict"]["mean_duration"] > 0 and stats["predict"]["mean_duration_human"]
+        metrics = requests.get(f"{server.url}/api/metrics/", params={"model": name}, timeout=10).json()
+        assert set(metrics) == metric_names
+        assert isinstance(metrics[main], float)
+
+    page = requests.get(f"{server.url}/", timeout=10)
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "live dashboard" in page.text
