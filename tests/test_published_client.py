@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 import river
 
-from conftest import BACKENDS, EXAMPLE_PROJECT, ROOT
 from flavored_models import EXPECTED_METRICS, FLAVORS
 
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_PROJECT = ROOT / "example_project"
+BACKENDS = ("shelve", "redis")
 DRIVER = Path(__file__).resolve().parent / "published_client_driver.py"
 N_LEARN = 12
 SUPERVISED = ("regression", "binary", "multiclass")
