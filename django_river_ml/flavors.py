@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from numbers import Number
 from typing import Any, Callable
 
-from river import metrics
+from river import base, metrics
 
 from django_river_ml.exceptions import InvalidInput, InvalidModel, UnknownFlavor
 
@@ -50,6 +50,15 @@ def _is_number(value: Any) -> bool:
 
 def _is_label(value: Any) -> bool:
     return isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut short for a message (an int of 5000 digits has no repr at all)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _most_likely(prediction: Any) -> Any:
@@ -91,6 +100,11 @@ class Flavor:
                 ):
                     continue
                 raise InvalidModel(f"A {self.name} model needs {method}, and {name} does not have it.")
+        step = last_step(model)
+        # A river regressor's predict_one would pass for the multiclass fallback.
+        if self.name in ("binary", "multiclass") and isinstance(step, base.Regressor) \
+                and not isinstance(step, base.Classifier):
+            raise InvalidModel(f"{name} is a regressor: upload it with the regression flavor.")
         if self.name == "multiclass" and getattr(last_step(model), "_multiclass", True) is False:
             raise InvalidModel(
                 f"{name} is a binary classifier: upload it with the binary flavor, "
@@ -106,7 +120,9 @@ class Flavor:
         if target is None:
             raise InvalidInput(f"A {self.name} model learns from a ground_truth ({self.target_words}); none was given.")
         if not self.target_check(target):
-            raise InvalidInput(f"ground_truth for a {self.name} model must be {self.target_words}, not {target!r}.")
+            raise InvalidInput(
+                f"ground_truth for a {self.name} model must be {self.target_words}, not {_shown(target)}."
+            )
 
     def predict(self, model: Any, features: dict) -> Any:
         for method in (self.predict_method, *self.fallback_methods):

@@ -37,6 +37,10 @@ from django_river_ml.settings import river_settings
 
 RIVER_MODULES = ("river",)
 
+# Parts of river that read or write files or the network (river.stream.iter_csv reads any file
+# into the model, to be downloaded later); no model needs them.
+RIVER_IO_MODULES = ("river.stream", "river.datasets", "river.bandit.datasets", "river.evaluate", "river.checks")
+
 # Exact (module, name) globals that river objects are pickled with.
 SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "Counter"): collections.Counter,
@@ -107,8 +111,12 @@ def allowed_module_prefixes() -> tuple[str, ...]:
     return RIVER_MODULES + tuple(river_settings.ALLOWED_MODEL_MODULES)
 
 
+def _in_modules(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
 def _in_allowed_module(module: str | None, prefixes: tuple[str, ...]) -> bool:
-    return bool(module) and any(module == p or module.startswith(p + ".") for p in prefixes)
+    return bool(module) and _in_modules(module, prefixes) and not _in_modules(module, RIVER_IO_MODULES)
 
 
 def _refuse(what: str) -> UnsafeModel:
@@ -140,9 +148,17 @@ def _gated_getattr(prefixes: tuple[str, ...]):
             raise _refuse(f"the attribute {name!r}")
         if not _is_allowed_object(obj, prefixes):
             raise _refuse(f"an attribute of {type(obj).__module__}.{type(obj).__qualname__}")
+        # "{0.x.y}".format(obj) walks any attribute chain (str.lower and the like are fine).
+        if name in ("format", "format_map") and (
+            isinstance(obj, _SAFE_BUILTIN_TYPES) or any(obj is t for t in _SAFE_BUILTIN_TYPES)
+        ):
+            owner = obj if isinstance(obj, type) else type(obj)
+            raise _refuse(f"{owner.__qualname__}.{name}")
         value = getattr(obj, name, *default)
         if isinstance(value, types.ModuleType):
             raise _refuse(f"the module {value.__name__}")
+        if isinstance(value, (type, types.FunctionType)) and not _is_allowed_object(value, prefixes):
+            raise _refuse(f"{value.__module__}.{value.__qualname__}")
         return value
 
     return safe_getattr

@@ -10,12 +10,42 @@ from __future__ import annotations
 from rest_framework import serializers
 
 
+MAX_JSON_DEPTH = 20
+
+
+def nested_deeper_than(value, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest more than ``limit`` levels (walked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+class JSONValueField(serializers.JSONField):
+    """Any JSON value, nested at most MAX_JSON_DEPTH levels (deeper ones overflow Python's recursion later)."""
+
+    default_error_messages = {"too_deep": f"Value is nested more than {MAX_JSON_DEPTH} levels deep."}
+
+    def to_internal_value(self, data):
+        try:
+            value = super().to_internal_value(data)
+        except RecursionError:
+            self.fail("too_deep")
+        if nested_deeper_than(value, MAX_JSON_DEPTH):
+            self.fail("too_deep")
+        return value
+
+
 class ModelNameSerializer(serializers.Serializer):
     model = serializers.CharField(trim_whitespace=False, help_text="Name of the model.")
 
 
 class PredictSerializer(ModelNameSerializer):
-    features = serializers.JSONField(help_text="Feature names to numbers, strings, booleans or null.")
+    features = JSONValueField(help_text="Feature names to numbers, strings, booleans or null.")
     identifier = serializers.CharField(
         required=False, allow_null=True, trim_whitespace=False,
         help_text="Identifier to store the prediction under for a later label (generated if omitted).",
@@ -23,8 +53,8 @@ class PredictSerializer(ModelNameSerializer):
 
 
 class LearnSerializer(ModelNameSerializer):
-    features = serializers.JSONField(required=False, help_text="Optional when a known identifier is given.")
-    ground_truth = serializers.JSONField(required=False, allow_null=True, help_text="The target to learn.")
+    features = JSONValueField(required=False, help_text="Optional when a known identifier is given.")
+    ground_truth = JSONValueField(required=False, allow_null=True, help_text="The target to learn.")
     identifier = serializers.CharField(
         required=False, allow_null=True, trim_whitespace=False,
         help_text="A prediction's identifier: its stored prediction is scored against ground_truth.",
@@ -38,4 +68,4 @@ class LearnSerializer(ModelNameSerializer):
 
 class LabelSerializer(ModelNameSerializer):
     identifier = serializers.CharField(trim_whitespace=False)
-    label = serializers.JSONField(help_text="The true label of the prediction with that identifier.")
+    label = JSONValueField(help_text="The true label of the prediction with that identifier.")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from django.http import HttpResponse
-from rest_framework.parsers import FormParser, JSONParser
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,13 +16,27 @@ from django_river_ml.settings import river_settings
 from django_river_ml.views.errors import exception_handler
 
 
+JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+                   bool: "a boolean", type(None): "null"}
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser; a body nested too deeply for Python's parser is a 400, not a crash."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - the body is nested too deeply.") from None
+
+
 class RiverAPIView(APIView):
     """Base view: JSON in and out, our error format, independent of the site's DRF defaults."""
 
     authentication_classes: list = []
     permission_classes: list = []
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser, FormParser]
+    parser_classes = [JSONParser, parsers.FormParser]
 
     @property
     def client(self) -> DjangoClient:
@@ -31,7 +46,11 @@ class RiverAPIView(APIView):
         return exception_handler
 
     def validated(self, serializer_class, data=None) -> dict:
-        serializer = serializer_class(data=self.request.data if data is None else data)
+        data = self.request.data if data is None else data
+        if not hasattr(data, "get"):
+            kind = JSON_TYPE_NAMES.get(type(data), type(data).__name__)
+            raise InvalidInput(f"The request body must be a JSON object of fields, not {kind}.")
+        serializer = serializer_class(data=data)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 
@@ -39,8 +58,7 @@ class RiverAPIView(APIView):
         """The model named by ``?model=``, else by the body (JSON or form, any method)."""
         name = self.request.query_params.get("model")
         if name is None:
-            body = self.request.data
-            return self.validated(serializers.ModelNameSerializer, body if hasattr(body, "get") else {})["model"]
+            return self.validated(serializers.ModelNameSerializer)["model"]
         return name
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -35,6 +35,9 @@ def exception_handler(exc, context):
         exc = drf_exceptions.NotFound(str(exc) or None)
     elif isinstance(exc, PermissionDenied):
         exc = drf_exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, SuspiciousOperation):  # Django's limits on request data (too many fields, too big)
+        status = 413 if isinstance(exc, RequestDataTooBig) else 400
+        return Response({"message": str(exc) or "The request is malformed."}, status=status)
     if isinstance(exc, drf_exceptions.APIException):
         headers = {}
         if getattr(exc, "auth_header", None):

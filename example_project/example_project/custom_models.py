@@ -22,3 +22,21 @@ class RunningMean:
 
     def predict_one(self, x):
         return self.mean.get()
+
+
+class Fragile(RunningMean):
+    """A running mean that cannot learn from the feature "boom", and finds out halfway through.
+
+    It updates its mean before it raises, so a server must undo the half-done learn.
+
+    >>> model = Fragile()
+    >>> model.learn_one({"boom": 1}, 5.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot learn from boom=1
+    """
+
+    def learn_one(self, x, y=None):
+        super().learn_one(x, y)
+        if "boom" in x:
+            raise ValueError(f"cannot learn from boom={x['boom']!r}")
