@@ -41,9 +41,9 @@ from django_river_ml.names import generate_name, validate_name
 from django_river_ml.settings import river_settings
 from django_river_ml.state import ModelRegistry, get_registry
 from django_river_ml.storage import Store
+from django_river_ml.validation import validate_features, validate_identifier, validate_value
 from django_river_ml.version import __version__
 
-MAX_IDENTIFIER_LENGTH = 200
 STAT_OPERATIONS = ("learn", "predict", "label")
 
 
@@ -53,32 +53,6 @@ def humanize_ns(nanoseconds: float) -> str:
         if nanoseconds >= size:
             return f"{nanoseconds / size:.2f} {unit}"
     return f"{nanoseconds:.0f} ns"
-
-
-def validate_features(features: Any) -> dict:
-    """Features are an object of names to numbers, strings, booleans or null."""
-    if not isinstance(features, dict):
-        raise InvalidInput(f"features must be an object of feature names to values, not {type(features).__name__}.")
-    for key, value in features.items():
-        if not isinstance(key, str):
-            raise InvalidInput(f"Feature names must be strings, not {key!r}.")
-        if value is not None and not isinstance(value, (str, bool, int, float)):
-            raise InvalidInput(
-                f"Feature {key!r} must be a number, string, boolean or null, not {type(value).__name__}."
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidInput(f"Feature {key!r} is {value}; only finite numbers are accepted.")
-    return features
-
-
-def validate_identifier(identifier: Any) -> str | None:
-    if identifier is None:
-        return None
-    if not isinstance(identifier, str) or not identifier or len(identifier) > MAX_IDENTIFIER_LENGTH:
-        raise InvalidInput(f"identifier must be a non-empty string of at most {MAX_IDENTIFIER_LENGTH} characters.")
-    if any(ord(c) < 32 for c in identifier):
-        raise InvalidInput("identifier must not contain control characters.")
-    return identifier
 
 
 class DjangoClient:
@@ -173,7 +147,7 @@ class DjangoClient:
         started = time.perf_counter_ns()
         validate_name(model_name)
         identifier = validate_identifier(identifier)
-        _check_finite("ground_truth", ground_truth)
+        validate_value("ground_truth", ground_truth)
         prediction_known, prediction, record = False, None, None
         if identifier is not None:
             record = self._take_identifier(model_name, identifier, required=features is None)
@@ -204,11 +178,11 @@ class DjangoClient:
             raise InvalidInput("identifier is required.")
         if label is None:
             raise InvalidInput("label is required.")
-        _check_finite("label", label)
+        validate_value("label", label)
         record = self._take_identifier(model_name, identifier, required=True)
 
         def make_entry(flavor) -> dict:
-            flavor.validate_target(label)
+            flavor.validate_target(label, field="label")
             return {"x": record["x"], "y": label, "p": record["p"]}
 
         seq, _ = self._learn(model_name, make_entry, identifier, record)
@@ -299,7 +273,3 @@ class DjangoClient:
         self.store.record_call(model_name, operation, duration, float(river_settings.STATS_EWM_ALPHA))
         events.emit(operation, to_jsonable(event))
 
-
-def _check_finite(field: str, value: Any) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidInput(f"{field} is {value}; only finite numbers are accepted.")

@@ -114,15 +114,13 @@ class Flavor:
     def make_metrics(self) -> list[metrics.base.Metric]:
         return [factory() for factory in self.metric_factories]
 
-    def validate_target(self, target: Any) -> None:
+    def validate_target(self, target: Any, field: str = "ground_truth") -> None:
         if self.target_check is None:
             return
         if target is None:
-            raise InvalidInput(f"A {self.name} model learns from a ground_truth ({self.target_words}); none was given.")
+            raise InvalidInput(f"A {self.name} model learns from a {field} ({self.target_words}); none was given.")
         if not self.target_check(target):
-            raise InvalidInput(
-                f"ground_truth for a {self.name} model must be {self.target_words}, not {_shown(target)}."
-            )
+            raise InvalidInput(f"{field} for a {self.name} model must be {self.target_words}, not {_shown(target)}.")
 
     def predict(self, model: Any, features: dict) -> Any:
         for method in (self.predict_method, *self.fallback_methods):

@@ -29,6 +29,7 @@ import io
 import operator
 import pickle
 import random
+import statistics
 import types
 from typing import Any
 
@@ -52,6 +53,7 @@ SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("operator", "itemgetter"): operator.itemgetter,
     ("random", "Random"): random.Random,
     ("random", "Random.gauss"): random.Random.gauss,
+    ("statistics", "NormalDist"): statistics.NormalDist,
     ("builtins", "int"): int,
     ("builtins", "float"): float,
     ("builtins", "complex"): complex,
@@ -98,6 +100,13 @@ NUMPY_GLOBALS = {
     ("numpy._core.multiarray", "scalar"),
     ("numpy.dtypes", "Float64DType"),
     ("numpy.dtypes", "Int64DType"),
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._mt19937", "MT19937"),
+    ("numpy.random.mtrand", "RandomState"),
+    # dill's numpy array helper: calls a reconstructor that itself went through find_class.
+    ("dill._dill", "_create_array"),
 }
 
 _SAFE_BUILTIN_TYPES = (int, float, complex, bool, str, bytes, tuple, list, dict, set, frozenset)
@@ -144,7 +153,7 @@ def _is_allowed_object(obj: Any, prefixes: tuple[str, ...]) -> bool:
 
 def _gated_getattr(prefixes: tuple[str, ...]):
     def safe_getattr(obj: Any, name: str, *default: Any) -> Any:
-        if not isinstance(name, str) or name.startswith("_"):
+        if not isinstance(name, str) or name.startswith("__"):
             raise _refuse(f"the attribute {name!r}")
         if not _is_allowed_object(obj, prefixes):
             raise _refuse(f"an attribute of {type(obj).__module__}.{type(obj).__qualname__}")

@@ -9,33 +9,20 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-
-MAX_JSON_DEPTH = 20
-
-
-def nested_deeper_than(value, limit: int) -> bool:
-    """Whether arrays and objects in ``value`` nest more than ``limit`` levels (walked without recursion)."""
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return False
+from django_river_ml.validation import MAX_NESTING, nested_deeper_than
 
 
 class JSONValueField(serializers.JSONField):
-    """Any JSON value, nested at most MAX_JSON_DEPTH levels (deeper ones overflow Python's recursion later)."""
+    """Any JSON value, nested at most MAX_NESTING levels (deeper ones overflow Python's recursion later)."""
 
-    default_error_messages = {"too_deep": f"Value is nested more than {MAX_JSON_DEPTH} levels deep."}
+    default_error_messages = {"too_deep": f"Value is nested more than {MAX_NESTING} levels deep."}
 
     def to_internal_value(self, data):
         try:
             value = super().to_internal_value(data)
         except RecursionError:
             self.fail("too_deep")
-        if nested_deeper_than(value, MAX_JSON_DEPTH):
+        if nested_deeper_than(value, MAX_NESTING):
             self.fail("too_deep")
         return value
 

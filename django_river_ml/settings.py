@@ -57,8 +57,10 @@ DEFAULTS: dict[str, Any] = {
     "STATS_EWM_ALPHA": 0.3,
     # Module prefixes, besides river's own, whose classes an uploaded pickle may use.
     "ALLOWED_MODEL_MODULES": [],
-    # Largest model upload accepted, in bytes.
+    # Largest model upload accepted, in bytes (JSON bodies follow DATA_UPLOAD_MAX_MEMORY_SIZE).
     "MAX_UPLOAD_SIZE": 64 * 1024 * 1024,
+    # Most features one example may have.
+    "MAX_FEATURES": 10_000,
     # Public URL of the site (service info "baseurl"); None: taken from the request.
     "DOMAIN_URL": None,
 }
@@ -150,7 +152,7 @@ class RiverSettings:
             found.append(
                 f"STORAGE_BACKEND is {self.STORAGE_BACKEND!r}; choose one of {', '.join(STORAGE_BACKENDS)}"
             )
-        for name in ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE"):
+        for name in ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 found.append(f"{name} must be a whole number of at least 1, not {value!r}")

@@ -4,7 +4,9 @@ Include them in a site's urls: ``path("", include("django_river_ml.urls"))``.
 ``API_VIEWS_ENABLED`` (route names) limits which are served.
 """
 
-from django.urls import path
+import re
+
+from django.urls import path, re_path
 
 from django_river_ml import views
 from django_river_ml.settings import river_settings
@@ -30,3 +32,5 @@ routes = [
 
 enabled = set(river_settings.API_VIEWS_ENABLED)
 urlpatterns = [route for route in routes if not enabled or route.name in enabled]
+if prefix:  # everything else under the prefix is a JSON 404 (and no APPEND_SLASH redirect that drops bodies)
+    urlpatterns.append(re_path(rf"^{re.escape(prefix)}", views.NotFoundView.as_view(), name="not_found"))

@@ -461,7 +461,7 @@ def test_label_with_a_target_of_the_wrong_kind_keeps_the_identifier(api, flavore
     identifier = predict(api, flavor, {"a": 1.0}).json()["identifier"]
     metrics_before = api.get("/api/metrics/", {"model": flavor}).json()
     text = '{"model": "%s", "identifier": "%s", "label": %s}' % (flavor, identifier, target)
-    assert_error(send(api, "POST", "/api/label/", text), 400, f"for a {flavor} model must be")
+    assert_error(send(api, "POST", "/api/label/", text), 400, f"label for a {flavor} model must be")
     assert stats(api, flavor)["label"]["n_calls"] == 0
     assert api.get("/api/metrics/", {"model": flavor}).json() == metrics_before
     # The prediction is still waiting for its (corrected) label.
@@ -913,3 +913,54 @@ def test_client_model_failure_is_model_failed(river_client):
     assert caught.value.status_code == 400
     assert river_client.predict("fragile", {})["prediction"] == 2.0
     assert river_client.stats("fragile")["learn"]["n_calls"] == 1
+
+
+# Routes that do not exist, bodies that are too big, rows with too many features -------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize("path", ["/api/nope/", "/api/model/a/b/c/", "/api/models/extra/", "/api/learn/extra/"])
+def test_unknown_route_under_the_prefix_is_a_json_404(api, method, path):
+    assert_error(api.generic(method, path), 404, path)
+
+
+@pytest.mark.parametrize("path", ["/api/learn", "/api/predict", "/api/label"])
+def test_missing_trailing_slash_is_a_json_404_with_advice_not_a_redirect(api, reg, path):
+    x, y = examples("regression", 1)[0]
+    response = post_json(api, path, {"model": "reg", "features": x, "ground_truth": y})
+    assert_error(response, 404, f"{path}/")
+    assert n_learned(api, "reg") == 5
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+def test_body_larger_than_djangos_limit_is_a_413(api, reg, settings, content_type):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    padding = "x" * 20_000
+    text = (json.dumps({"model": "reg", "features": {"a": padding}, "ground_truth": 1.0})
+            if content_type == "application/json" else urlencode({"model": "reg", "features": padding}))
+    assert_error(send(api, "POST", "/api/learn/", text, content_type=content_type), 413)
+    assert n_learned(api, "reg") == 5
+
+
+def test_sixteen_megabytes_of_junk_json_is_refused(api, reg):
+    assert_error(send(api, "POST", "/api/learn/", b"[" * (16 * 1024 * 1024)), 413)
+
+
+def test_too_many_features(api, reg, settings):
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "MAX_FEATURES": 50}
+    features = {f"f{i}": 1.0 for i in range(51)}
+    assert_error(learn(api, "reg", features, 1.0), 400, "features", "50")
+    assert_error(predict(api, "reg", features), 400, "features", "50")
+    assert predict(api, "reg", {f"f{i}": 1.0 for i in range(50)}).status_code == 201
+
+
+def test_client_refuses_targets_nested_too_deeply(river_client):
+    river_client.upload_model(Fragile(), "custom", "deep")
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    with pytest.raises(InvalidInput, match="ground_truth is nested"):
+        river_client.learn("deep", {"a": 1.0}, ground_truth=deep)
+    identifier = river_client.predict("deep", {"a": 1.0})["identifier"]
+    with pytest.raises(InvalidInput, match="label is nested"):
+        river_client.label(deep, identifier, "deep")

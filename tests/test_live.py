@@ -135,3 +135,21 @@ def test_clusterer_is_the_same_in_every_worker_and_after_restart(live_server_fac
     assert "new_19" in downloads[0][0]
     server.restart()
     assert download(0) == downloads[0]
+
+
+def test_large_model_upload_over_http(live_server_factory):
+    """Models bigger than Django's in-memory body limit (2.5 MB) upload through gunicorn."""
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    for i in range(200_000):
+        model["StandardScaler"].counts[f"feature_{i}"] = 1
+    data = dill.dumps(model)
+    assert len(data) > 3 * 1024 * 1024
+    server = live_server_factory("shelve", workers=2)
+    response = requests.post(f"{server.url}/api/model/regression/large/", data=data, timeout=60)
+    assert response.status_code == 201, response.text
+    learned = requests.post(f"{server.url}/api/learn/", json={"model": "large", "features": {"feature_1": 2.0},
+                                                             "ground_truth": 1.0}, timeout=30)
+    assert learned.status_code == 201
+    downloaded = pickle.loads(requests.get(f"{server.url}/api/model/download/large/", timeout=60).content)
+    assert downloaded["StandardScaler"].counts["feature_1"] == 2
+    assert len(downloaded["StandardScaler"].counts) == 200_000

@@ -9,7 +9,7 @@ import pickletools
 
 import dill
 import pytest
-from river import (anomaly, cluster, datasets, ensemble, feature_extraction, forest, linear_model, multiclass,
+from river import (anomaly, cluster, datasets, ensemble, facto, feature_extraction, forest, linear_model, multiclass,
                    naive_bayes, neighbors, preprocessing, tree)
 
 from django_river_ml.exceptions import InvalidModel
@@ -42,6 +42,13 @@ REAL_MODELS = {
     "bagging": (lambda: ensemble.BaggingClassifier(linear_model.LogisticRegression(), seed=1), "binary"),
     "tfidf-naive-bayes": (lambda: feature_extraction.TFIDF(on="text") | naive_bayes.MultinomialNB(), "text"),
     "knn": (neighbors.KNNClassifier, "binary"),
+    # Private bound methods, numpy random state, statistics.NormalDist, dill's numpy arrays:
+    "passive-aggressive": (linear_model.PARegressor, "regression"),
+    "output-code": (lambda: multiclass.OutputCodeClassifier(linear_model.LogisticRegression(), code_size=4,
+                                                            seed=1), "binary"),
+    "factorization-machine": (lambda: facto.FMRegressor(seed=1), "regression"),
+    "adaptive-tree-regressor": (lambda: tree.HoeffdingAdaptiveTreeRegressor(seed=1), "regression"),
+    "bayesian-linear-regression": (linear_model.BayesianLinearRegression, "regression"),
 }
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
+from django.conf import settings as django_settings
 from django.http import HttpResponse
 from rest_framework import parsers
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import NotFound, ParseError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,7 +23,18 @@ JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a
                    bool: "a boolean", type(None): "null"}
 
 
-class JSONParser(parsers.JSONParser):
+class LimitedBodyMixin:
+    """Refuse bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (DRF's parsers read the stream past Django's check)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        data = stream.read() if limit is None else stream.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).")
+        return super().parse(io.BytesIO(data), media_type, parser_context)
+
+
+class JSONParser(LimitedBodyMixin, parsers.JSONParser):
     """DRF's JSON parser; a body nested too deeply for Python's parser is a 400, not a crash."""
 
     def parse(self, stream, media_type=None, parser_context=None):
@@ -30,13 +44,17 @@ class JSONParser(parsers.JSONParser):
             raise ParseError("JSON parse error - the body is nested too deeply.") from None
 
 
+class FormParser(LimitedBodyMixin, parsers.FormParser):
+    pass
+
+
 class RiverAPIView(APIView):
     """Base view: JSON in and out, our error format, independent of the site's DRF defaults."""
 
     authentication_classes: list = []
     permission_classes: list = []
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser, parsers.FormParser]
+    parser_classes = [JSONParser, FormParser]
 
     @property
     def client(self) -> DjangoClient:
@@ -128,6 +146,17 @@ class ModelDeleteView(RiverAPIView):
 class ModelUploadView(RiverAPIView):
     def post(self, request, flavor, name):
         return upload(self, flavor=flavor, model_name=name)
+
+
+class NotFoundView(RiverAPIView):
+    """Any other path under the prefix: a JSON 404, whatever the method."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        message = f"No route {request.path}."
+        if not request.path.endswith("/"):
+            message += f" River API routes end with a slash: {request.path}/"
+        raise NotFound(message)
 
 
 class ModelDownloadView(RiverAPIView):

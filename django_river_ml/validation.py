@@ -1,0 +1,73 @@
+"""Checks on the values callers send: features, identifiers, targets.
+
+DjangoClient runs them, so server code calling it directly is checked exactly
+like the REST API.
+
+>>> validate_features({"age": 42, "city": "Lyon", "member": True, "score": None})
+{'age': 42, 'city': 'Lyon', 'member': True, 'score': None}
+>>> validate_features({"age": float("nan")})
+Traceback (most recent call last):
+...
+django_river_ml.exceptions.InvalidInput: Feature 'age' is nan; only finite numbers are accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django_river_ml.exceptions import InvalidInput
+from django_river_ml.settings import river_settings
+
+MAX_IDENTIFIER_LENGTH = 200
+# Deeper values would overflow Python's recursion when they are stored or compared.
+MAX_NESTING = 20
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest more than ``limit`` levels (walked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth > limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def validate_features(features: Any) -> dict:
+    """Features are an object of names to numbers, strings, booleans or null."""
+    if not isinstance(features, dict):
+        raise InvalidInput(f"features must be an object of feature names to values, not {type(features).__name__}.")
+    if len(features) > river_settings.MAX_FEATURES:
+        raise InvalidInput(f"features has {len(features)} entries; the limit is {river_settings.MAX_FEATURES}.")
+    for key, value in features.items():
+        if not isinstance(key, str):
+            raise InvalidInput(f"Feature names must be strings, not {key!r}.")
+        if value is not None and not isinstance(value, (str, bool, int, float)):
+            raise InvalidInput(
+                f"Feature {key!r} must be a number, string, boolean or null, not {type(value).__name__}."
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInput(f"Feature {key!r} is {value}; only finite numbers are accepted.")
+    return features
+
+
+def validate_identifier(identifier: Any) -> str | None:
+    if identifier is None:
+        return None
+    if not isinstance(identifier, str) or not identifier or len(identifier) > MAX_IDENTIFIER_LENGTH:
+        raise InvalidInput(f"identifier must be a non-empty string of at most {MAX_IDENTIFIER_LENGTH} characters.")
+    if any(ord(c) < 32 for c in identifier):
+        raise InvalidInput("identifier must not contain control characters.")
+    return identifier
+
+
+def validate_value(field: str, value: Any) -> Any:
+    """A target or label: finite numbers only, and not nested deeper than MAX_NESTING."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"{field} is {value}; only finite numbers are accepted.")
+    if nested_deeper_than(value, MAX_NESTING):
+        raise InvalidInput(f"{field} is nested more than {MAX_NESTING} levels deep.")
+    return value
