@@ -39,7 +39,7 @@ from django_river_ml.flavors import get_flavor
 from django_river_ml.loading import load_model
 from django_river_ml.names import generate_name, validate_name
 from django_river_ml.settings import river_settings
-from django_river_ml.state import ModelRegistry, get_registry
+from django_river_ml.state import ModelRegistry, get_registry, pickled
 from django_river_ml.storage import Store
 from django_river_ml.validation import validate_features, validate_identifier, validate_value
 from django_river_ml.version import __version__
@@ -120,12 +120,7 @@ class DjangoClient:
         """The model pickled (plain pickle: ``pickle.load`` reads it wherever river is installed)."""
         replica = self.registry.replica(validate_name(model_name))
         with replica.lock:
-            try:
-                return pickle.dumps(replica.model, protocol=4)
-            except (pickle.PicklingError, TypeError, AttributeError):
-                import dill
-
-                return dill.dumps(replica.model)
+            return pickled(replica.model)
 
     def get_model_json(self, model_name: str) -> dict:
         replica = self.registry.replica(validate_name(model_name))

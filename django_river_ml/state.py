@@ -32,15 +32,19 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_FORMAT = 1
 
 
-def dump_state(model: Any, metrics: list) -> bytes:
-    """Serialize a model with its metrics (snapshots are written by us, read by us)."""
-    state = {"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics}
+def pickled(obj: Any) -> bytes:
+    """Plain pickle (readable wherever river is installed); dill for what pickle cannot do."""
     try:
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError):
         import dill
 
-        return dill.dumps(state)
+        return dill.dumps(obj)
+
+
+def dump_state(model: Any, metrics: list) -> bytes:
+    """Serialize a model with its metrics (snapshots are written by us, read by us)."""
+    return pickled({"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics})
 
 
 def load_state(data: bytes) -> tuple[Any, list]:
