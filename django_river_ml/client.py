@@ -39,6 +39,7 @@ from django_river_ml.flavors import get_flavor
 from django_river_ml.loading import load_model
 from django_river_ml.names import generate_name, validate_name
 from django_river_ml.settings import river_settings
+from django_river_ml.specs import build_model
 from django_river_ml.state import ModelRegistry, get_registry, pickled
 from django_river_ml.storage import Store
 from django_river_ml.validation import validate_features, validate_identifier, validate_value
@@ -108,6 +109,11 @@ class DjangoClient:
         self.registry.create(name, flavor_, model)
         events.emit("upload", {"model": name, "flavor": flavor_.name})
         return name
+
+    def upload_spec(self, spec: Any, flavor: str, model_name: str | None = None) -> str:
+        """Add a model described in JSON (see :mod:`django_river_ml.specs`): no uploaded code runs."""
+        get_flavor(flavor)
+        return self.upload_model(build_model(spec), flavor, model_name=model_name)
 
     def models(self) -> list[str]:
         return self.store.model_names()

@@ -168,8 +168,12 @@ class ModelDownloadView(RiverAPIView):
 
 
 def upload(view: RiverAPIView, flavor: str, model_name: str | None) -> Response:
-    body = read_body(view.request, river_settings.MAX_UPLOAD_SIZE)
-    name = view.client.upload_model(body, flavor, model_name=model_name)
+    """A pickled model as the raw body, or a JSON model spec (``Content-Type: application/json``)."""
+    if view.request.content_type.split(";")[0].strip() == "application/json":
+        name = view.client.upload_spec(view.request.data, flavor, model_name=model_name)
+    else:
+        body = read_body(view.request, river_settings.MAX_UPLOAD_SIZE)
+        name = view.client.upload_model(body, flavor, model_name=model_name)
     return Response({"name": name}, status=201)
 
 
