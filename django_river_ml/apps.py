@@ -7,4 +7,6 @@ class DjangoRiverMLConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from django_river_ml import checks  # noqa: F401 - registers the system checks
+        from django_river_ml import checks, signals  # noqa: F401 - checks register themselves
+
+        signals.connect()

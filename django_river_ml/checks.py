@@ -2,6 +2,7 @@
 
 import os
 
+from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
 
 from django_river_ml.settings import river_settings
@@ -16,7 +17,7 @@ def check_settings(app_configs=None, **kwargs):
     ]
 
 
-@register(Tags.compatibility)
+@register(Tags.compatibility, deploy=True)
 def check_hash_seed(app_configs=None, **kwargs):
     """Replaying a model's log must give the same model in every process and after restarts.
 
@@ -32,3 +33,16 @@ def check_hash_seed(app_configs=None, **kwargs):
         hint="Start the server with PYTHONHASHSEED=0 (any fixed number, the same for every process).",
         id="django_river_ml.W001",
     )]
+
+
+@register(Tags.security)
+def check_authentication(app_configs=None, **kwargs):
+    if river_settings.problems() or river_settings.DISABLE_AUTHENTICATION:
+        return []
+    if not apps.is_installed("rest_framework.authtoken"):
+        return [Error(
+            "Authentication is on, but rest_framework.authtoken (the users' API tokens) is not installed.",
+            hint="Add 'rest_framework.authtoken' to INSTALLED_APPS and migrate, or set DISABLE_AUTHENTICATION.",
+            id="django_river_ml.E002",
+        )]
+    return []

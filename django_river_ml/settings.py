@@ -63,12 +63,25 @@ DEFAULTS: dict[str, Any] = {
     "MAX_FEATURES": 10_000,
     # Public URL of the site (service info "baseurl"); None: taken from the request.
     "DOMAIN_URL": None,
+    # Authentication is on unless this is true: every route but service info needs credentials.
+    "DISABLE_AUTHENTICATION": False,
+    # Route names that need credentials; None: every route but service info.
+    "AUTHENTICATED_VIEWS": None,
+    # Lifetime of the JWTs the auth/token route issues.
+    "TOKEN_EXPIRES_SECONDS": 600,
+    # Key that signs JWTs; None: derived from Django's SECRET_KEY.
+    "JWT_SERVER_SECRET": None,
+    # DRF throttling: None (off), one rate for all routes ("100/minute"), or {route name: rate}.
+    "VIEW_RATE_LIMIT": None,
 }
 
 _BOOLEAN_WORDS = {
     "1": True, "true": True, "yes": True, "on": True,
     "0": False, "false": False, "no": False, "off": False,
 }
+
+# Settings whose default is None but which hold a list (read from the environment as one).
+LIST_SETTINGS = ("AUTHENTICATED_VIEWS",)
 
 
 class SettingError(ValueError):
@@ -84,12 +97,14 @@ def _parse_env(name: str, raw: str) -> Any:
             return _BOOLEAN_WORDS[text.lower()]
         except KeyError:
             raise SettingError(f"{ENV_PREFIX}{name}={raw!r} is not a boolean (use true or false)") from None
+    if name == "VIEW_RATE_LIMIT" and "=" in text:  # "learn=10/second,predict=100/second"
+        return dict(part.strip().split("=", 1) for part in text.split(",") if part.strip())
     if isinstance(default, int):
         try:
             return int(text)
         except ValueError:
             raise SettingError(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
-    if isinstance(default, list):
+    if isinstance(default, list) or name in LIST_SETTINGS:
         return [part.strip() for part in text.split(",") if part.strip()]
     if default is None and text.lower() in ("", "none", "null"):
         return None
@@ -152,7 +167,8 @@ class RiverSettings:
             found.append(
                 f"STORAGE_BACKEND is {self.STORAGE_BACKEND!r}; choose one of {', '.join(STORAGE_BACKENDS)}"
             )
-        for name in ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES"):
+        for name in ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES",
+                     "TOKEN_EXPIRES_SECONDS"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 found.append(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -166,7 +182,23 @@ class RiverSettings:
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 found.append(f"{name} must be a list of strings, not {value!r}")
+        views = self.AUTHENTICATED_VIEWS
+        if views is not None and (not isinstance(views, (list, tuple)) or not all(isinstance(v, str) for v in views)):
+            found.append(f"AUTHENTICATED_VIEWS must be None or a list of route names, not {views!r}")
+        found.extend(_rate_problems(self.VIEW_RATE_LIMIT))
         return found
+
+
+def _rate_problems(limit: Any) -> list[str]:
+    rates = limit.values() if isinstance(limit, dict) else [limit]
+    problems = []
+    for rate in rates:
+        if rate is None:
+            continue
+        number, _, period = str(rate).partition("/")
+        if not number.isdigit() or not period or period[0] not in "smhd":
+            problems.append(f"VIEW_RATE_LIMIT rate {rate!r} must look like '100/minute' (per second, minute, hour, day)")
+    return problems
 
 
 river_settings = RiverSettings()

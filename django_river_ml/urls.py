@@ -10,6 +10,7 @@ from django.urls import path, re_path
 
 from django_river_ml import views
 from django_river_ml.settings import river_settings
+from django_river_ml.views.schema import DocsView, SchemaView
 
 app_name = "django_river_ml"
 
@@ -18,6 +19,9 @@ prefix = f"{prefix}/" if prefix else ""
 
 routes = [
     path(f"{prefix}", views.ServiceInfoView.as_view(), name="service_info"),
+    path(f"{prefix}auth/token/", views.AuthTokenView.as_view(), name="auth_token"),
+    # The realm of the 401 challenge, as clients request it (no trailing slash).
+    path(f"{prefix}auth/token", views.AuthTokenView.as_view(), name="auth_token_realm"),
     path(f"{prefix}learn/", views.LearnView.as_view(), name="learn"),
     path(f"{prefix}predict/", views.PredictView.as_view(), name="predict"),
     path(f"{prefix}label/", views.LabelView.as_view(), name="label"),
@@ -28,6 +32,9 @@ routes = [
     path(f"{prefix}model/download/<str:name>/", views.ModelDownloadView.as_view(), name="model_download"),
     path(f"{prefix}model/<str:name>/", views.ModelView.as_view(), name="model"),
     path(f"{prefix}model/<str:flavor>/<str:name>/", views.ModelUploadView.as_view(), name="model_upload"),
+    # The OpenAPI schema of the routes above, and Swagger UI for it.
+    path(f"{prefix}schema/", SchemaView.as_view(), name="schema"),
+    path(f"{prefix}docs/", DocsView.as_view(), name="docs"),
 ]
 
 enabled = set(river_settings.API_VIEWS_ENABLED)

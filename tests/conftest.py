@@ -76,7 +76,7 @@ def backend(request, settings, tmp_path):
     from django_river_ml.storage import get_store
 
     config = {"DATA_DIR": str(tmp_path / "data"), "ALLOWED_MODEL_MODULES": ["example_project.custom_models"],
-              "STORAGE_BACKEND": request.param}
+              "STORAGE_BACKEND": request.param, "DISABLE_AUTHENTICATION": True}
     if request.param == "redis":
         config["REDIS_URL"] = request.getfixturevalue("redis_url")
         config["REDIS_KEY_PREFIX"] = f"test-{os.getpid()}-{time.monotonic_ns()}"
@@ -155,6 +155,7 @@ def live_server_factory(tmp_path, request):
             "DJANGO_DATABASE_PATH": str(tmp_path / "db.sqlite3"),
             "DJANGO_RIVER_ML_STORAGE_BACKEND": backend,
             "DJANGO_RIVER_ML_DATA_DIR": str(tmp_path / "live-data"),
+            "DJANGO_RIVER_ML_DISABLE_AUTHENTICATION": "true",
             "PYTHONHASHSEED": "0",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         })
@@ -162,6 +163,9 @@ def live_server_factory(tmp_path, request):
             env["DJANGO_RIVER_ML_REDIS_URL"] = request.getfixturevalue("redis_url")
             env["DJANGO_RIVER_ML_REDIS_KEY_PREFIX"] = f"live-{os.getpid()}-{time.monotonic_ns()}"
         env.update({f"DJANGO_RIVER_ML_{k}": str(v) for k, v in overrides.items()})
+        if env["DJANGO_RIVER_ML_DISABLE_AUTHENTICATION"] != "true":  # users and tokens live in the database
+            subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=EXAMPLE_PROJECT,
+                           env=env, check=True)
         server = LiveServer(env, workers, tmp_path)
         servers.append(server)
         return server.start()

@@ -1,4 +1,5 @@
 from django_river_ml.views.api import (
+    AuthTokenView,
     LabelView,
     LearnView,
     MetricsView,
@@ -14,6 +15,7 @@ from django_river_ml.views.api import (
 )
 
 __all__ = [
+    "AuthTokenView",
     "LabelView",
     "LearnView",
     "MetricsView",

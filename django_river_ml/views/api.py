@@ -8,11 +8,22 @@ from django.conf import settings as django_settings
 from django.http import HttpResponse
 from rest_framework import parsers
 from rest_framework.exceptions import NotFound, ParseError
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from django_river_ml import schema as openapi
 from django_river_ml import serializers
+from django_river_ml.auth import (
+    APITokenAuthentication,
+    BasicAPITokenAuthentication,
+    BearerJWTAuthentication,
+    IsAuthenticatedWhereRequired,
+    RouteRateThrottle,
+    SessionAuthentication,
+    issue_jwt,
+)
 from django_river_ml.client import DjangoClient
 from django_river_ml.exceptions import InvalidInput, PayloadTooLarge
 from django_river_ml.settings import river_settings
@@ -51,10 +62,12 @@ class FormParser(LimitedBodyMixin, parsers.FormParser):
 class RiverAPIView(APIView):
     """Base view: JSON in and out, our error format, independent of the site's DRF defaults."""
 
-    authentication_classes: list = []
-    permission_classes: list = []
+    authentication_classes = [BearerJWTAuthentication, APITokenAuthentication, SessionAuthentication]
+    permission_classes = [IsAuthenticatedWhereRequired]
+    throttle_classes = [RouteRateThrottle]
     renderer_classes = [JSONRenderer]
     parser_classes = [JSONParser, FormParser]
+    schema = openapi.RiverAutoSchema()
 
     @property
     def client(self) -> DjangoClient:
@@ -62,6 +75,10 @@ class RiverAPIView(APIView):
 
     def get_exception_handler(self):
         return exception_handler
+
+    def get_authenticators(self):
+        # With authentication off, no credential is even looked at (no user database needed).
+        return [] if river_settings.DISABLE_AUTHENTICATION else super().get_authenticators()
 
     def validated(self, serializer_class, data=None) -> dict:
         data = self.request.data if data is None else data
@@ -81,11 +98,27 @@ class RiverAPIView(APIView):
 
 
 class ServiceInfoView(RiverAPIView):
+    @openapi.service_info
     def get(self, request):
         return Response(self.client.info(baseurl=request.build_absolute_uri("/")))
 
 
+class AuthTokenView(RiverAPIView):
+    """``GET /auth/token/`` with HTTP Basic ``user:<API token>``: a short-lived JWT."""
+
+    authentication_classes = [BasicAPITokenAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    def get_authenticators(self):
+        return [authenticator() for authenticator in self.authentication_classes]
+
+    @openapi.auth_token
+    def get(self, request):
+        return Response(issue_jwt(request.user))
+
+
 class LearnView(RiverAPIView):
+    @openapi.learn
     def post(self, request):
         data = self.validated(serializers.LearnSerializer)
         result = self.client.learn(
@@ -96,6 +129,7 @@ class LearnView(RiverAPIView):
 
 
 class PredictView(RiverAPIView):
+    @openapi.predict
     def post(self, request):
         data = self.validated(serializers.PredictSerializer)
         result = self.client.predict(data["model"], data["features"], identifier=data.get("identifier"))
@@ -103,22 +137,26 @@ class PredictView(RiverAPIView):
 
 
 class LabelView(RiverAPIView):
+    @openapi.label
     def post(self, request):
         data = self.validated(serializers.LabelSerializer)
         return Response(self.client.label(data["label"], data["identifier"], data["model"]))
 
 
 class MetricsView(RiverAPIView):
+    @openapi.metrics
     def get(self, request):
         return Response(self.client.metrics(self.model_name()))
 
 
 class StatsView(RiverAPIView):
+    @openapi.stats
     def get(self, request):
         return Response(self.client.stats(self.model_name()))
 
 
 class ModelsView(RiverAPIView):
+    @openapi.models
     def get(self, request):
         return Response({"models": self.client.models()})
 
@@ -126,12 +164,15 @@ class ModelsView(RiverAPIView):
 class ModelView(RiverAPIView):
     """``/model/<name>/``: GET the JSON view, DELETE it; POST uploads with ``<name>`` as the flavor."""
 
+    @openapi.get_model
     def get(self, request, name):
         return Response(self.client.get_model_json(name))
 
+    @openapi.upload_model
     def post(self, request, name):
         return upload(self, flavor=name, model_name=None)
 
+    @openapi.delete_model
     def delete(self, request, name):
         return deleted(self, name)
 
@@ -139,17 +180,21 @@ class ModelView(RiverAPIView):
 class ModelDeleteView(RiverAPIView):
     """``DELETE /model/`` with the name in a form or JSON body, or ``?model=``."""
 
+    @openapi.delete_model_by_body
     def delete(self, request):
         return deleted(self, self.model_name())
 
 
 class ModelUploadView(RiverAPIView):
+    @openapi.upload_named_model
     def post(self, request, flavor, name):
         return upload(self, flavor=flavor, model_name=name)
 
 
 class NotFoundView(RiverAPIView):
     """Any other path under the prefix: a JSON 404, whatever the method."""
+
+    schema = None  # not an operation of the API
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -160,6 +205,7 @@ class NotFoundView(RiverAPIView):
 
 
 class ModelDownloadView(RiverAPIView):
+    @openapi.download_model
     def get(self, request, name):
         data = self.client.download_model(name)
         response = HttpResponse(data, content_type="application/octet-stream")

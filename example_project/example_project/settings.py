@@ -19,7 +19,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "django_river_ml",
+    # The River API's docs page (/api/docs/): Swagger UI's template, and its static files (no CDN).
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "example_project",
 ]
 
@@ -53,6 +57,9 @@ DATABASES = {
 STATIC_URL = "static/"
 USE_TZ = True
 
+# Authentication is on by default: every route but service info needs a credential. Get a token
+# with `python manage.py river_token <user> --create-user`. For local play, turn it off with
+# DJANGO_RIVER_ML_DISABLE_AUTHENTICATION=true (or "DISABLE_AUTHENTICATION": True below).
 DJANGO_RIVER_ML = {
     # The embedded store lives here unless DJANGO_RIVER_ML_DATA_DIR says otherwise.
     "DATA_DIR": BASE_DIR / "river_ml_data",

@@ -89,6 +89,20 @@ def demo_models() -> list[DemoModel]:
     ]
 
 
+# Routes the demo server protects; models, metrics, stats and service info stay open for the dashboard.
+DEMO_PROTECTED_ROUTES = ("learn", "predict", "label", "model", "model_upload", "model_delete", "model_download")
+
+
+def demo_token() -> str:
+    """The API token of the user "demo" (created on first use)."""
+    from django.core.management import call_command
+    from io import StringIO
+
+    out = StringIO()
+    call_command("river_token", "demo", "--create-user", stdout=out)
+    return out.getvalue().strip()
+
+
 def format_metric(name: str, value: Any) -> str:
     if value is None:
         return f"{name} -"
@@ -141,6 +155,9 @@ class Command(BaseCommand):
         prefix = river_settings.URL_PREFIX.strip("/")
         self.api = f"{self.base}/{prefix}/" if prefix else f"{self.base}/"
         self.session = requests.Session()
+        self.token = None if river_settings.DISABLE_AUTHENTICATION else demo_token()
+        if self.token:
+            self.session.headers["Authorization"] = f"Token {self.token}"
         self.server: subprocess.Popen | None = None
         self.stopping = False
 
@@ -200,6 +217,11 @@ class Command(BaseCommand):
         self.say(f"  Model parameters:    {self.api}model/{first}/")
         for model in models:
             self.say(f"  {model.name:<16} {model.flavor:<10} {model.description}")
+        if self.token:
+            self.say(f"  Writes need a credential; the demo user's API token is {self.token}")
+            self.say(f"  (any user's: python manage.py river_token USER --create-user). For example:")
+            self.say(f"    curl -H 'Authorization: Token {self.token}' -H 'Content-Type: application/json' \\")
+            self.say(f"      -d '{{\"model\": \"{first}\", \"features\": {{}}}}' {self.api}predict/")
         amount = f"{limit} examples per model" if limit is not None else "forever"
         self.say(f"Feeding {rate:g} examples/s per model (predict, then label), {amount}. "
                  "Press Ctrl-C to stop.")
@@ -243,6 +265,9 @@ class Command(BaseCommand):
                     "--graceful-timeout", "5", "--log-level", "warning"]
         env = dict(os.environ)
         env.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+        env.setdefault("PYTHONHASHSEED", "0")
+        # Writes need the demo user's token; reads stay open so the dashboard shows without a login.
+        env.setdefault("DJANGO_RIVER_ML_AUTHENTICATED_VIEWS", ",".join(DEMO_PROTECTED_ROUTES))
         self.say(f"Starting gunicorn with {workers} workers on {HOST}:{port} ...")
         # Its own session: Ctrl-C reaches only this command, which then stops the feeder before the server.
         self.server = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, start_new_session=True,
