@@ -14,8 +14,9 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed: pyproject.toml riverapi/pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e ".[test,demo]"
+	$(PY) -m pip install --quiet -e "./riverapi[dill]"
 	$(PY) -m pip install --quiet --no-deps --target $(PUBLISHED_CLIENT) riverapi==0.0.21
 	touch $@
 

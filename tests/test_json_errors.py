@@ -37,3 +37,8 @@ def test_unexpected_error_is_a_json_500_without_details(api, debug, monkeypatch)
     response = api.get("/api/models/")
     assert_json_error(response, 500)
     assert "secret internals" not in response.json()["message"]
+
+
+@pytest.mark.parametrize("accept", ["text/event-stream", "text/html", "image/png"])
+def test_unknown_route_is_a_json_404_whatever_the_accept_header(api, accept):
+    assert_json_error(api.get("/api/stream/nothing/", HTTP_ACCEPT=accept), 404)

@@ -196,6 +196,9 @@ class NotFoundView(RiverAPIView):
 
     schema = None  # not an operation of the API
 
+    def perform_content_negotiation(self, request, force=False):
+        return super().perform_content_negotiation(request, force=True)  # JSON, whatever Accept says
+
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         message = f"No route {request.path}."

@@ -1,0 +1,314 @@
+"""The ``riverapi`` command: drive a River API server from the shell.
+
+    riverapi info
+    riverapi upload model.pkl --flavor regression --name prices
+    riverapi learn prices data.csv --target price
+    riverapi predict prices --features '{"rooms": 3, "area": 70}'
+    riverapi metrics prices
+
+Answers are printed as JSON on stdout. Errors are one line on stderr; the exit status is 1 for an
+error the server answered (or no answer), 2 for bad arguments or input files, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, NoReturn
+
+from riverapi import defaults
+from riverapi.client import Client
+from riverapi.exceptions import BadRequest, RiverAPIError
+from riverapi.records import FORMATS, TARGET_TYPES, InputError, detect_format, read_records
+from riverapi.version import __version__
+
+__all__ = ["main", "build_parser"]
+
+PROG = "riverapi"
+
+
+class UsageError(Exception):
+    """Bad arguments or input: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after the command's name."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    group = parser.add_argument_group("server")
+    group.add_argument("--url", default=default(None),
+                       help=f"the server's base URL (default: ${defaults.URL_ENV} or {defaults.baseurl})")
+    group.add_argument("--prefix", default=default(defaults.prefix),
+                       help=f"the API's URL prefix (default: {defaults.prefix})")
+    group.add_argument("--timeout", type=float, default=default(defaults.timeout), metavar="SECONDS",
+                       help="timeout of each call in seconds (default: 30)")
+    group.add_argument("--retries", type=int, default=default(defaults.retries), metavar="N",
+                       help="retries of GET/DELETE calls on connection errors and 502/503/504 (default: 3)")
+    group.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                       help="log every call on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Drive a River API server (django-river-ml) from the shell.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _add_connection_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        _add_connection_options(sub, top=False)
+        return sub
+
+    command("info", "show the server's service info")
+    command("models", "list the models")
+
+    sub = command("upload", "upload a pickled model file (its bytes are sent as they are)")
+    sub.add_argument("file", metavar="FILE", help="the pickled model (pickle or dill)")
+    sub.add_argument("--flavor", required=True,
+                     help="the model's flavor: regression, binary, multiclass, cluster, anomaly or custom")
+    sub.add_argument("--name", help="the model's name (default: the server makes one up)")
+
+    sub = command("learn", "learn from every example in a CSV or JSON-lines file")
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("file", metavar="FILE", help="a .csv (with a header row) or .jsonl file")
+    sub.add_argument("--target", metavar="COLUMN",
+                     help="the column (or key) holding the ground truth; rows where it is empty are skipped. "
+                          "Without it every column is a feature (cluster and anomaly models)")
+    sub.add_argument("--target-type", choices=TARGET_TYPES, default="auto",
+                     help="how to read the target (default: auto, numbers become floats)")
+    _add_file_options(sub)
+    sub.add_argument("--skip-errors", action="store_true",
+                     help="go on past examples the server refuses (400) and count them")
+
+    sub = command("predict", "predict for one example (--features) or every example in a file (--file)")
+    sub.add_argument("model", metavar="MODEL")
+    source = sub.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", metavar="JSON", help='the features as a JSON object, e.g. \'{"x": 1.5}\'')
+    source.add_argument("--file", help="a .csv or .jsonl file; one JSON answer per line is printed")
+    _add_file_options(sub)
+
+    sub = command("label", "give the true label of a past prediction")
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("identifier", metavar="IDENTIFIER", help="the identifier predict answered")
+    sub.add_argument("label", metavar="LABEL", help="the label: JSON (3.5, true, \"cat\") or plain text")
+
+    command("metrics", "show a model's metrics").add_argument("model", metavar="MODEL")
+    command("stats", "show a model's call counts and durations").add_argument("model", metavar="MODEL")
+    command("show", "show a model's parameters as JSON").add_argument("model", metavar="MODEL")
+
+    sub = command("download", "save a model as a pickle file")
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("-o", "--output", metavar="PATH", help="where to save it (default: MODEL.pkl)")
+
+    command("delete", "delete a model").add_argument("model", metavar="MODEL")
+
+    sub = command("stream", "print server-sent events as JSON lines until interrupted")
+    sub.add_argument("kind", nargs="?", choices=("events", "metrics"), default="events")
+    sub.add_argument("--last-event-id", metavar="ID", help="resume after this event")
+    sub.add_argument("--max-reconnects", type=int, metavar="N",
+                     help="give up after N failed reconnections in a row (default: never)")
+    return parser
+
+
+def _add_file_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, help="the file's format (default: from its extension)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=str), flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _describe(error: RiverAPIError) -> str:
+    if error.status_code is None:
+        return _one_line(error.message)
+    return f"{_one_line(error.message)} (HTTP {error.status_code} {type(error).__name__})"
+
+
+def _progress(args: argparse.Namespace, total: int | None, description: str):
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (pipes, CI logs).
+    return tqdm(total=total, desc=description, unit="row", file=sys.stderr,
+                disable=True if args.no_progress else None, dynamic_ncols=True)
+
+
+def _check_file(path: str, fmt: str, target: str | None = None, target_type: str = "auto") -> int:
+    """Read the whole file once before sending anything: a bad line is reported before any
+    example is learned. Returns the number of examples (the progress bar's total)."""
+    return sum(1 for _ in read_records(path, fmt, target=target, target_type=target_type))
+
+
+def _learn(client: Client, args: argparse.Namespace) -> int:
+    fmt = detect_format(args.file, args.format)
+    total = _check_file(args.file, fmt, args.target, args.target_type)
+    learned = skipped = failed = 0
+    started = time.monotonic()
+    with _progress(args, total, f"learn {args.model}") as bar:
+        for record in read_records(args.file, fmt, target=args.target, target_type=args.target_type):
+            bar.update(1)
+            if record.target is None and args.target is not None:
+                skipped += 1
+                continue
+            try:
+                client.learn(args.model, record.features, record.target)
+            except BadRequest as error:
+                where = f"{args.file}, line {record.line}"
+                if not args.skip_errors:
+                    raise type(error)(f"{where}: {error.message} ({learned} examples learned before it)",
+                                      status_code=error.status_code, response=error.response) from error
+                failed += 1
+                bar.write(f"{PROG}: {where}: {_one_line(error.message)}", file=sys.stderr)
+                continue
+            learned += 1
+    seconds = time.monotonic() - started
+    print(f"model: {args.model}")
+    print(f"learned: {learned}")
+    if args.target is not None:
+        print(f"skipped: {skipped} (no {args.target})")
+    print(f"failed: {failed}")
+    print(f"seconds: {seconds:.2f}")
+    if learned:
+        print(f"metrics: {json.dumps(client.metrics(args.model))}", flush=True)
+    return 1 if failed and not learned else 0
+
+
+def _predict(client: Client, args: argparse.Namespace) -> int:
+    if args.features is not None:
+        try:
+            features = json.loads(args.features)
+        except ValueError as error:
+            raise UsageError(f"--features is not JSON: {error}") from None
+        if not isinstance(features, dict):
+            raise UsageError("--features must be a JSON object of feature names to values")
+        _print_json(client.predict(args.model, features))
+        return 0
+    fmt = detect_format(args.file, args.format)
+    total = _check_file(args.file, fmt)
+    with _progress(args, total, f"predict {args.model}") as bar:
+        for record in read_records(args.file, fmt):
+            try:
+                answer = client.predict(args.model, record.features)
+            except BadRequest as error:
+                raise type(error)(f"{args.file}, line {record.line}: {error.message}", status_code=error.status_code,
+                                  response=error.response) from error
+            bar.update(1)
+            print(json.dumps(answer, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _upload(client: Client, args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, "rb") as handle:
+            body = handle.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {args.file}: {error.strerror or error}") from None
+    print(client.upload_model(body, args.flavor, model_name=args.name), flush=True)
+    return 0
+
+
+def _label(client: Client, args: argparse.Namespace) -> int:
+    try:
+        label = json.loads(args.label)
+    except ValueError:
+        label = args.label
+    _print_json(client.label(label, args.identifier, args.model))
+    return 0
+
+
+def _stream(client: Client, args: argparse.Namespace) -> int:
+    options = {"last_event_id": args.last_event_id, "max_reconnects": args.max_reconnects}
+    stream = client.stream_metrics(**options) if args.kind == "metrics" else client.stream_events(**options)
+    with stream:
+        for event in stream:
+            print(json.dumps(event.to_dict(), ensure_ascii=False, default=str), flush=True)
+    return 0
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "info":
+        _print_json(client.info())
+    elif command == "models":
+        _print_json(client.models())
+    elif command == "upload":
+        return _upload(client, args)
+    elif command == "learn":
+        return _learn(client, args)
+    elif command == "predict":
+        return _predict(client, args)
+    elif command == "label":
+        return _label(client, args)
+    elif command == "metrics":
+        _print_json(client.metrics(args.model))
+    elif command == "stats":
+        _print_json(client.stats(args.model))
+    elif command == "show":
+        _print_json(client.get_model_json(args.model))
+    elif command == "download":
+        print(client.download_model(args.model, dest=args.output), flush=True)
+    elif command == "delete":
+        _print_json(client.delete_model(args.model))
+    elif command == "stream":
+        return _stream(client, args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exited:  # --help and --version
+            return exited.code if isinstance(exited.code, int) else 0
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        if args.retries < 0:
+            raise UsageError("--retries cannot be negative")
+        if args.verbose:
+            logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+        url = args.url or defaults.cli_baseurl()
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--url must start with http:// or https://, not {url!r}")
+        with Client(url, quiet=not args.verbose, prefix=args.prefix, timeout=args.timeout,
+                    retries=args.retries) as client:
+            return _run(client, args)
+    except (UsageError, InputError, ValueError) as error:
+        print(f"{PROG}: error: {_one_line(str(error))}", file=sys.stderr)
+        return 2
+    except RiverAPIError as error:
+        print(f"{PROG}: error: {_describe(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``riverapi stream | head``): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as error:
+        print(f"{PROG}: error: {_one_line(str(error))}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug: still one line, the traceback only with -v
+        logging.getLogger("riverapi").info("Unexpected error", exc_info=True)
+        print(f"{PROG}: error: unexpected {type(error).__name__}: {_one_line(str(error))} "
+              "(-v shows the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

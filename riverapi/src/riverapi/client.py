@@ -1,0 +1,388 @@
+"""The River API client: one ``requests.Session``, typed errors, retries, the token flow.
+
+>>> from riverapi import Client
+>>> cli = Client("http://127.0.0.1:8000", quiet=True, timeout=5)
+>>> cli.apiroot
+'http://127.0.0.1:8000/api'
+
+Every call goes through :meth:`Client._request`, so a new server route is a few lines::
+
+    def explain(self, model_name, x):
+        return self._json("POST", "/explain/", json={"model": model_name, "features": x})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from riverapi import defaults
+from riverapi.auth import parse_auth_header, request_token
+from riverapi.exceptions import (
+    AuthenticationError,
+    BadRequest,
+    RiverAPIError,
+    ServerUnavailable,
+    error_for_response,
+)
+from riverapi.streams import EventStream
+from riverapi.version import __version__
+
+__all__ = ["Client", "pickle_model"]
+
+logger = logging.getLogger("riverapi")
+logger.addHandler(logging.NullHandler())
+
+#: Methods that are retried on connection errors and 502/503/504 (they change nothing twice).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+RETRY_STATUSES = (502, 503, 504)
+_NO_JSON = object()
+
+
+def pickle_model(model: Any) -> bytes:
+    """The upload body for a model object: ``dill.dumps`` when dill is installed, else ``pickle``."""
+    try:
+        import dill
+    except ImportError:
+        return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    return dill.dumps(model)
+
+
+def _segment(value: str, what: str) -> str:
+    """One URL path segment. Names and flavors never hold a ``/`` (servers decode ``%2F`` before
+    routing, so one would reach another route): refused here, as an empty one is."""
+    if not isinstance(value, str) or not value or "/" in value:
+        raise ValueError(f"{what} must be a non-empty string without '/', not {value!r}.")
+    return quote(value, safe="")
+
+
+def _reason(error: BaseException) -> str:
+    """A short reason for a connection error (not urllib3's repr of the pool and connection)."""
+    cause: Any = error.args[0] if error.args else error
+    cause = getattr(cause, "reason", None) or cause
+    # Not urllib3's description of its connection object: "<...HTTPConnection object at 0x..>: " or
+    # "HTTPConnection(host='h', port=1): ".
+    text = re.sub(r"^(<[^>]*>|\w*Connection\w*\([^)]*\)): ", "", str(cause))
+    return text or type(error).__name__
+
+
+class Client:
+    """Talk to a River API server (django-river-ml).
+
+    ``baseurl`` defaults to ``http://127.0.0.1:8000`` and ``prefix`` to ``api``: calls go to
+    ``<baseurl>/<prefix>/...``. ``quiet=False`` logs every call on the ``riverapi`` logger (INFO;
+    the answers at DEBUG). ``timeout`` (seconds, or a ``(connect, read)`` pair) applies to every
+    call; GET, DELETE and HEAD are retried ``retries`` times with exponential back-off
+    (``backoff_factor * 2 ** (retry - 1)`` s) on connection errors and 502/503/504. POST calls are
+    retried only when the connection could not be made (nothing was sent). ``user`` and ``token``
+    default to ``$RIVER_ML_USER`` and ``$RIVER_ML_TOKEN``.
+
+    Errors are raised as :mod:`riverapi.exceptions` types; nothing calls ``sys.exit``.
+    """
+
+    #: The flavors the server documents. Informational only: the server judges a flavor.
+    flavors = ("regression", "binary", "multiclass", "cluster", "anomaly", "custom")
+
+    def __init__(self, baseurl: str | None = None, quiet: bool = False, prefix: str = defaults.prefix, *,
+                 timeout: float | tuple[float, float] | None = defaults.timeout, retries: int = defaults.retries,
+                 backoff_factor: float = defaults.backoff_factor, user: str | None = None,
+                 token: str | None = None, session: requests.Session | None = None):
+        self.baseurl = (baseurl or defaults.baseurl).rstrip("/")
+        self.quiet = quiet
+        self.prefix = prefix if prefix is not None else ""
+        self.timeout = timeout
+        self.headers = {"Accept": "application/json", "User-Agent": f"riverapi-python/{__version__}"}
+        self.session = session if session is not None else self.make_session(retries, backoff_factor)
+        self.user: str | None = None
+        self.token: str | None = None
+        self.getenv()
+        if user is not None:
+            self.user = user
+        if token is not None:
+            self.token = token
+
+    def __repr__(self) -> str:
+        return f"Client(baseurl={self.baseurl!r}, prefix={self.prefix!r})"
+
+    def __str__(self) -> str:
+        return "[riverapi-client]"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        self.session.close()
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    @staticmethod
+    def make_session(retries: int = defaults.retries, backoff_factor: float = defaults.backoff_factor
+                     ) -> requests.Session:
+        """A session whose connections are reused, with retries for idempotent methods."""
+        retry = Retry(
+            total=retries, connect=retries, read=retries, status=retries, other=0,
+            backoff_factor=backoff_factor, status_forcelist=RETRY_STATUSES, allowed_methods=IDEMPOTENT_METHODS,
+            raise_on_status=False, respect_retry_after_header=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        session = requests.Session()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def getenv(self) -> None:
+        """Read the user and API token from ``RIVER_ML_USER`` and ``RIVER_ML_TOKEN``."""
+        self.token = os.environ.get(defaults.TOKEN_ENV)
+        self.user = os.environ.get(defaults.USER_ENV)
+
+    @property
+    def apiroot(self) -> str:
+        """The base URL and the prefix: where the routes live."""
+        prefix = self.prefix.strip("/")
+        return f"{self.baseurl}/{prefix}" if prefix else self.baseurl
+
+    def set_header(self, name: str, value: str) -> None:
+        """Send a header with every call."""
+        self.headers[name] = value
+
+    def set_basic_auth(self, username: str, password: str) -> None:
+        """Send HTTP Basic credentials with every call."""
+        import base64
+
+        encoded = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.set_header("Authorization", f"Basic {encoded}")
+
+    def check_flavor(self, flavor: str) -> None:
+        """Refuse what cannot be a flavor; which flavors exist is for the server to say."""
+        _segment(flavor, "The flavor")
+
+    # -- the one request helper ---------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, params: dict | None = None, json: Any = _NO_JSON,
+                 data: Any = None, headers: dict[str, str] | None = None, stream: bool = False,
+                 timeout: Any = None) -> requests.Response:
+        """Send one call to ``<apiroot><path>``; answer the 401 token challenge once; raise
+        the typed error for any answer that is not 2xx. Returns the response."""
+        method = method.upper()
+        url = self.apiroot + "/" + path.lstrip("/")
+        for attempt in (1, 2):
+            kwargs: dict[str, Any] = {
+                "params": params, "data": data, "headers": {**self.headers, **(headers or {})}, "stream": stream,
+                "timeout": self.timeout if timeout is None else timeout,
+            }
+            if json is not _NO_JSON:
+                kwargs["json"] = json
+            try:
+                response = self.session.request(method, url, **kwargs)
+            except requests.exceptions.InvalidJSONError as error:
+                raise BadRequest(f"The request cannot be sent as JSON: {error}") from error
+            except (requests.ConnectionError, requests.Timeout) as error:
+                raise ServerUnavailable(f"Cannot reach {url}: {_reason(error)}") from error
+            except requests.RequestException as error:
+                raise RiverAPIError(f"{method} {url} failed: {error}") from error
+            if not self.quiet:
+                logger.info("%s %s -> %s", method, response.url, response.status_code)
+            if response.status_code == 401 and attempt == 1 and self._authenticate(response):
+                response.close()
+                continue
+            break
+        if not 200 <= response.status_code < 300:
+            error = error_for_response(response)
+            response.close()
+            raise error
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """:meth:`_request`, returning the answer's JSON (``None`` for an empty answer)."""
+        response = self._request(method, path, **kwargs)
+        if not response.content:
+            return None
+        try:
+            answer = response.json()
+        except ValueError:
+            raise RiverAPIError(
+                f"{method} {response.url} answered {response.status_code} with a body that is not JSON.",
+                status_code=response.status_code, response=response) from None
+        if not self.quiet:
+            logger.debug("%s answered %s", response.url, answer)
+        return answer
+
+    def _authenticate(self, response: requests.Response) -> bool:
+        """Answer a 401 challenge: get a token from its realm; True when the call may be retried."""
+        raw = response.headers.get("Www-Authenticate")
+        if not raw:
+            return False
+        challenge = parse_auth_header(raw)
+        if not challenge.realm:
+            return False
+        if not (self.user and self.token):
+            raise AuthenticationError(
+                f"{response.url} requires a token: export {defaults.USER_ENV} and {defaults.TOKEN_ENV} "
+                "(or pass user= and token= to Client).", status_code=response.status_code, response=response)
+        bearer = request_token(self.session, challenge, self.user, self.token, timeout=self.timeout,
+                               headers={"User-Agent": self.headers["User-Agent"]})
+        self.headers["Authorization"] = f"Bearer {bearer}"
+        if not self.quiet:
+            logger.info("Got a token from %s", challenge.realm)
+        return True
+
+    def authenticate_request(self, originalResponse: requests.Response) -> bool:  # noqa: N803 - 0.0.21's name
+        """riverapi 0.0.21's name for answering a 401 challenge."""
+        return self._authenticate(originalResponse)
+
+    # -- riverapi 0.0.21's low-level calls (paths relative to apiroot) -------------------
+
+    def do_request(self, typ: str, url: str, data: Any = None, json: Any = None, headers: dict | None = None,
+                   return_json: bool = True, stream: bool = False) -> Any:
+        """A call as riverapi 0.0.21 made it: the JSON answer, or the response with
+        ``return_json=False`` or ``stream=True``."""
+        body = {"json": json} if json else {"data": data}
+        if return_json and not stream:
+            return self._json(typ, url, headers=headers, **body)
+        return self._request(typ, url, headers=headers, stream=stream, **body)
+
+    def get(self, url: str, data: Any = None, json: Any = None, headers: dict | None = None,
+            return_json: bool = True, stream: bool = False) -> Any:
+        return self.do_request("get", url, data=data, json=json, headers=headers, return_json=return_json,
+                               stream=stream)
+
+    def post(self, url: str, data: Any = None, json: Any = None, headers: dict | None = None,
+             return_json: bool = True) -> Any:
+        return self.do_request("post", url, data=data, json=json, headers=headers, return_json=return_json)
+
+    def delete(self, url: str, data: Any = None, json: Any = None, headers: dict | None = None,
+               return_json: bool = True) -> Any:
+        return self.do_request("delete", url, data=data, json=json, headers=headers, return_json=return_json)
+
+    # -- the River API ------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """The service info: ``{baseurl, id, status, name, prefix, storage, river_version, ...}``."""
+        return self._json("GET", "/")
+
+    def check(self) -> dict:
+        """Service info, then take the ``prefix`` and ``baseurl`` the server says it has."""
+        info = self.info()
+        for field in ("prefix", "baseurl"):
+            if isinstance(info, dict) and isinstance(info.get(field), str):
+                updated = info[field].strip("/")
+                if not self.quiet:
+                    logger.info("Updating %s to %s", field, updated)
+                setattr(self, field, updated)
+        return info
+
+    def upload_model(self, model: Any, flavor: str, model_name: str | None = None) -> str:
+        """Upload a model object (pickled with dill, else pickle) or already pickled ``bytes``;
+        returns the model's name (generated by the server when ``model_name`` is not given)."""
+        self.check_flavor(flavor)
+        body = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else pickle_model(model)
+        path = f"/model/{_segment(flavor, 'The flavor')}/"
+        if model_name:
+            path += f"{_segment(model_name, 'The model name')}/"
+        answer = self._json("POST", path, data=body, headers={"Content-Type": "application/octet-stream"})
+        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
+            raise RiverAPIError(f"The upload was accepted but the answer names no model: {answer!r}.")
+        if not self.quiet:
+            logger.info("Created model %s", answer["name"])
+        return answer["name"]
+
+    def learn(self, model_name: str, x: dict | None, y: Any = None, identifier: str | None = None) -> dict:
+        """Learn from features ``x`` and ground truth ``y`` (``identifier``: label a past prediction)."""
+        body: dict[str, Any] = {"model": model_name, "ground_truth": y}
+        if x is not None or identifier is None:
+            body["features"] = x
+        if identifier is not None:
+            body["identifier"] = identifier
+        return self._json("POST", "/learn/", json=body)
+
+    def predict(self, model_name: str, x: dict, identifier: str | None = None) -> dict:
+        """Predict for features ``x``: ``{model, prediction, identifier}``."""
+        body: dict[str, Any] = {"model": model_name, "features": x}
+        if identifier is not None:
+            body["identifier"] = identifier
+        return self._json("POST", "/predict/", json=body)
+
+    def label(self, label: Any, identifier: str, model_name: str) -> dict:
+        """Give the true label of the prediction ``identifier`` named; the model learns from it."""
+        return self._json("POST", "/label/", json={"model": model_name, "identifier": identifier, "label": label})
+
+    def metrics(self, model_name: str) -> dict:
+        """The model's metrics: ``{metric name: value}``."""
+        # ?model= for today's servers, the JSON body for servers that only read that (as 0.0.21 sent it).
+        return self._json("GET", "/metrics/", params={"model": model_name}, json={"model": model_name})
+
+    def stats(self, model_name: str) -> dict:
+        """Call counts and durations (ns) of learn, predict and label."""
+        return self._json("GET", "/stats/", params={"model": model_name}, json={"model": model_name})
+
+    def models(self) -> dict:
+        """``{"models": [names]}``."""
+        return self._json("GET", "/models/")
+
+    def get_model_json(self, model_name: str) -> dict:
+        """The model's parameters, keyed by step class name."""
+        return self._json("GET", f"/model/{_segment(model_name, 'The model name')}/")
+
+    def download_model(self, model_name: str, dest: str | os.PathLike | None = None) -> str | os.PathLike:
+        """Save the pickled model to ``dest`` (default ``<model_name>.pkl``); returns ``dest``.
+
+        The file appears whole or not at all.
+        """
+        dest = dest or f"{model_name}.pkl"
+        target = Path(dest)
+        response = self._request("GET", f"/model/download/{_segment(model_name, 'The model name')}/", stream=True)
+        with response:
+            handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    for chunk in response.iter_content(chunk_size=65536):
+                        out.write(chunk)
+                os.replace(partial, target)
+            except BaseException as error:
+                os.unlink(partial)
+                if isinstance(error, requests.RequestException):
+                    raise ServerUnavailable(f"The download of {model_name} broke off: {_reason(error)}") from error
+                raise
+        return dest
+
+    def delete_model(self, model_name: str) -> dict:
+        """Delete the model with its metrics, stats and pending identifiers."""
+        return self._json("DELETE", "/model/", data={"model": model_name})
+
+    # -- streams ------------------------------------------------------------------------
+
+    def stream(self, url: str, *, last_event_id: str | None = None, reconnect: bool = True,
+               retry_delay: float = 3.0, max_reconnects: int | None = None,
+               read_timeout: float | None = None) -> EventStream:
+        """The server-sent events at ``url`` (relative to apiroot), as :class:`~riverapi.streams.Event`
+        objects; reconnects with ``Last-Event-ID`` when dropped (see :class:`~riverapi.streams.EventStream`).
+        ``read_timeout=None`` waits for the next event as long as it takes."""
+        connect_timeout = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
+
+        def open_stream(headers: dict[str, str]) -> requests.Response:
+            return self._request("GET", url, headers=headers, stream=True, timeout=(connect_timeout, read_timeout))
+
+        return EventStream(open_stream, last_event_id=last_event_id, reconnect=reconnect, retry_delay=retry_delay,
+                           max_reconnects=max_reconnects)
+
+    def stream_events(self, **options: Any) -> EventStream:
+        """Events as they happen (``learn``, ``predict``, ``label``, ...), JSON data parsed."""
+        return self.stream("/stream/events/", **options)
+
+    def stream_metrics(self, **options: Any) -> EventStream:
+        """Metric updates as they happen, JSON data parsed."""
+        return self.stream("/stream/metrics/", **options)
