@@ -617,3 +617,17 @@ def test_token_flow_against_a_live_server_with_authentication(live_server_factor
     done = subprocess.run([sys.executable, "-m", "riverapi.cli", "--url", server.url, "models"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and json.loads(done.stdout) == {"models": [name]}, done.stderr
+
+
+def test_upload_spec_builds_the_model_on_the_server(live_server_factory):
+    server = live_server_factory("shelve", workers=2)
+    client = Client(server.url, quiet=True)
+    spec = [{"class": "preprocessing.StandardScaler"},
+            {"class": "linear_model.LogisticRegression", "params": {"l2": 0.1}}]
+    name = client.upload_spec(spec, "binary", model_name="from-spec")
+    assert name == "from-spec"
+    assert client.get_model_json(name)["LogisticRegression"]["l2"] == 0.1
+    client.learn(name, {"a": 1.0}, True)
+    assert client.stats(name)["learn"]["n_calls"] == 1
+    with pytest.raises(BadRequest, match="os.system"):
+        client.upload_spec({"class": "os.system"}, "binary")
