@@ -153,3 +153,15 @@ def test_large_model_upload_over_http(live_server_factory):
     downloaded = pickle.loads(requests.get(f"{server.url}/api/model/download/large/", timeout=60).content)
     assert downloaded["StandardScaler"].counts["feature_1"] == 2
     assert len(downloaded["StandardScaler"].counts) == 200_000
+
+
+def test_api_docs_page_and_its_static_files_under_gunicorn(live_server_factory):
+    server = live_server_factory("shelve", workers=1)
+    page = requests.get(f"{server.url}/api/docs/", timeout=30)
+    assert page.status_code == 200
+    import re
+
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
+    assert assets
+    for asset in assets:
+        assert requests.get(server.url + asset, timeout=30).status_code == 200, asset

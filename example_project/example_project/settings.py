@@ -29,6 +29,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the API docs page's Swagger UI) under gunicorn too.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -55,6 +57,8 @@ DATABASES = {
 }
 
 STATIC_URL = "static/"
+# Serve app static files straight from the apps (no collectstatic step for the example site).
+WHITENOISE_USE_FINDERS = True
 USE_TZ = True
 
 # Authentication is on by default: every route but service info needs a credential. Get a token
