@@ -964,3 +964,9 @@ def test_client_refuses_targets_nested_too_deeply(river_client):
     identifier = river_client.predict("deep", {"a": 1.0})["identifier"]
     with pytest.raises(InvalidInput, match="label is nested"):
         river_client.label(deep, identifier, "deep")
+
+
+def test_sixteen_megabytes_of_junk_as_a_model_is_a_400(api):
+    junk = random.Random(16).randbytes(16 * 1024 * 1024)
+    assert_error(upload(api, "regression", "junk", data=junk), 400, "not a readable pickle")
+    assert model_names(api) == []
