@@ -46,3 +46,13 @@ EXPECTED_METRICS = {
     "anomaly": set(),
     "custom": set(),
 }
+
+# The keys of GET /api/model/<name>/ for make_model(flavor): one per step, in order.
+MODEL_JSON_STEPS = {
+    "regression": ["StandardScaler", "LinearRegression"],
+    "binary": ["StandardScaler", "LogisticRegression"],
+    "multiclass": ["StandardScaler", "OneVsRestClassifier"],
+    "cluster": ["StandardScaler", "KMeans"],
+    "anomaly": ["MinMaxScaler", "HalfSpaceTrees"],
+    "custom": ["RunningMean"],
+}

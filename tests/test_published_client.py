@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import river
 
-from flavored_models import EXPECTED_METRICS, FLAVORS
+from flavored_models import EXPECTED_METRICS, FLAVORS, MODEL_JSON_STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PROJECT = ROOT / "example_project"
@@ -29,14 +29,6 @@ N_LEARN = 12
 SUPERVISED = ("regression", "binary", "multiclass")
 LABELLED = ("regression", "binary", "multiclass", "custom")
 STAT_FIELDS = {"n_calls", "mean_duration", "mean_duration_human", "ewm_duration", "ewm_duration_human"}
-MODEL_JSON_STEPS = {
-    "regression": ["StandardScaler", "LinearRegression"],
-    "binary": ["StandardScaler", "LogisticRegression"],
-    "multiclass": ["StandardScaler", "OneVsRestClassifier"],
-    "cluster": ["StandardScaler", "KMeans"],
-    "anomaly": ["MinMaxScaler", "HalfSpaceTrees"],
-    "custom": ["RunningMean"],
-}
 PIPELINE_TYPE = {flavor: "Pipeline" for flavor in FLAVORS} | {"custom": "RunningMean"}
 
 

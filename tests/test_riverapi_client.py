@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import riverapi
-from flavored_models import EXPECTED_METRICS, FLAVORS, examples, make_model
+from flavored_models import EXPECTED_METRICS, FLAVORS, MODEL_JSON_STEPS, examples, make_model
 from riverapi import (
     AuthenticationError,
     BadRequest,
@@ -44,14 +44,6 @@ from riverapi.client import pickle_model
 BACKENDS = ("shelve", "redis")
 PREDICT_METHOD = {"regression": "predict_one", "binary": "predict_proba_one", "multiclass": "predict_proba_one",
                   "cluster": "predict_one", "anomaly": "score_one", "custom": "predict_one"}
-MODEL_JSON_STEPS = {
-    "regression": ["StandardScaler", "LinearRegression"],
-    "binary": ["StandardScaler", "LogisticRegression"],
-    "multiclass": ["StandardScaler", "OneVsRestClassifier"],
-    "cluster": ["StandardScaler", "KMeans"],
-    "anomaly": ["MinMaxScaler", "HalfSpaceTrees"],
-    "custom": ["RunningMean"],
-}
 N_LEARN = 10
 
 
