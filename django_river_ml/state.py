@@ -179,8 +179,9 @@ class ModelRegistry:
                 # The log before the newest snapshots was trimmed: start from a snapshot.
                 self._rebuild(replica)
                 entries = self.store.entries(replica.incarnation, replica.seq, upto)
-                if entries and entries[0].seq != replica.seq + 1 or not entries and replica.seq < upto:
-                    raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
+            if replica.seq < upto and (not entries or entries[0].seq != replica.seq + 1
+                                       or entries[-1].seq < upto):
+                raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
             for entry in entries:
                 if entry.rejected:
                     replica.seq = entry.seq

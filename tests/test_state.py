@@ -195,3 +195,19 @@ def test_clusterer_predictions_change_every_replica_alike(backend):
         first.learn("km", {**x, "later": 2.0})
     assert second.predict("km", x0)["prediction"] == first.predict("km", x0)["prediction"]
     assert second.get_model("km").centers == first.get_model("km").centers
+
+
+@pytest.mark.parametrize("missing", [3, 5])
+def test_a_log_with_a_hole_is_reported_not_replayed_forever(settings, tmp_path, missing):
+    from django_river_ml.exceptions import ModelNotFound
+    from django_river_ml.storage.shelve import ShelveStore
+
+    store = ShelveStore(tmp_path / "store.sqlite3")
+    client = DjangoClient(store=store)
+    client.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "holey")
+    for x, y in examples("regression", 5):
+        client.learn("holey", x, ground_truth=y)
+    incarnation = store.model_info("holey").incarnation
+    store.db.execute("DELETE FROM log WHERE incarnation = ? AND seq = ?", (incarnation, missing))
+    with pytest.raises(ModelNotFound, match="incomplete"):
+        DjangoClient(store=store).predict("holey", examples("regression", 1)[0][0])
