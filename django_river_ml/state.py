@@ -180,7 +180,7 @@ class ModelRegistry:
                 self._rebuild(replica)
                 entries = self.store.entries(replica.incarnation, replica.seq, upto)
             if replica.seq < upto and (not entries or entries[0].seq != replica.seq + 1
-                                       or entries[-1].seq < upto):
+                                       or entries[-1].seq != upto or len(entries) != upto - replica.seq):
                 raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
             for entry in entries:
                 if entry.rejected:
