@@ -149,11 +149,7 @@ class ModelRegistry:
     # Internals -------------------------------------------------------------
 
     def _load(self, info: ModelInfo) -> Replica:
-        snapshot = self.store.latest_snapshot(info.incarnation)
-        if snapshot is None:
-            raise ModelNotFound(f"No model named {info.name!r}.")
-        seq, data = snapshot
-        model, metrics = load_state(data)
+        seq, model, metrics = self._newest_snapshot(info.name, info.incarnation)
         replica = Replica(info.name, info.incarnation, get_flavor(info.flavor), model, metrics, seq)
         with self._lock:
             current = self._replicas.get(info.name)
@@ -164,11 +160,14 @@ class ModelRegistry:
 
     def _rebuild(self, replica: Replica) -> None:
         """Reload ``replica`` in place from its newest snapshot (entries are replayed by the caller)."""
-        snapshot = self.store.latest_snapshot(replica.incarnation)
+        replica.seq, replica.model, replica.metrics = self._newest_snapshot(replica.name, replica.incarnation)
+
+    def _newest_snapshot(self, name: str, incarnation: str) -> tuple[int, Any, list]:
+        snapshot = self.store.latest_snapshot(incarnation)
         if snapshot is None:
-            raise ModelNotFound(f"No model named {replica.name!r}.")
-        replica.seq, data = snapshot
-        replica.model, replica.metrics = load_state(data)
+            raise ModelNotFound(f"No model named {name!r}.")
+        seq, data = snapshot
+        return (seq, *load_state(data))
 
     def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
         """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``."""
