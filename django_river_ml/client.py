@@ -189,7 +189,7 @@ class DjangoClient:
         seq, _ = self._learn(model_name, make_entry, identifier, record)
         result = {"model": model_name, "identifier": identifier, "sequence": seq}
         self._finish("label", model_name, started,
-                     {**result, "features": record["x"], "prediction": to_jsonable(record["p"]), "label": label})
+                     {**result, "features": record["x"], "prediction": record["p"], "label": label})
         return result
 
     def predict(self, model_name: str, features: dict, identifier: str | None = None) -> dict:
@@ -272,5 +272,5 @@ class DjangoClient:
     def _finish(self, operation: str, model_name: str, started: int, event: dict) -> None:
         duration = time.perf_counter_ns() - started
         self.store.record_call(model_name, operation, duration, float(river_settings.STATS_EWM_ALPHA))
-        events.emit(operation, to_jsonable(event))
+        events.emit(operation, event)
 
