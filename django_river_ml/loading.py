@@ -120,12 +120,13 @@ def allowed_module_prefixes() -> tuple[str, ...]:
     return RIVER_MODULES + tuple(river_settings.ALLOWED_MODEL_MODULES)
 
 
-def _in_modules(module: str, prefixes: tuple[str, ...]) -> bool:
+def in_modules(module: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``module`` is one of ``prefixes`` or inside one of them."""
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
 def _in_allowed_module(module: str | None, prefixes: tuple[str, ...]) -> bool:
-    return bool(module) and _in_modules(module, prefixes) and not _in_modules(module, RIVER_IO_MODULES)
+    return bool(module) and in_modules(module, prefixes) and not in_modules(module, RIVER_IO_MODULES)
 
 
 def _refuse(what: str) -> UnsafeModel:
