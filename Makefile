@@ -7,8 +7,11 @@ WORKERS ?= 4
 PUBLISHED_CLIENT := $(VENV)/published-riverapi
 # Replaying a model's log must give the same model in every process (see docs/architecture.md).
 export PYTHONHASHSEED ?= 0
+# The example site's SECRET_KEY (it signs the API's JWTs) is $DJANGO_SECRET_KEY, else a random key
+# made on first run in its data directory (example_project/river_ml_data/secret_key, mode 0600) and
+# reused by every worker and restart. Never a key from the repository: `migrate` refuses one (E003).
 
-.PHONY: demo serve test install clean
+.PHONY: demo serve test bench install clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,10 @@ serve: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks print ratios against a baseline measured in the same run; they assert nothing.
+bench: install
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) example_project/river_ml_data example_project/db.sqlite3

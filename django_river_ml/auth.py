@@ -7,6 +7,10 @@ the client GETs the realm with HTTP Basic ``user:<API token>`` (DRF's
 and retries with ``Authorization: Bearer <jwt>``. ``Authorization: Token <key>``
 and a logged-in Django session are accepted as well.
 
+A JWT is accepted only if it lives no longer than ``TOKEN_EXPIRES_SECONDS`` and was not
+issued in the future: even with the signing key, no one mints a token for years. Failed
+authentications are throttled per client (:mod:`django_river_ml.throttling`).
+
 >>> from django.contrib.auth.models import User
 >>> token = issue_jwt(User(username="ada"))
 >>> decode_jwt(token["token"])["sub"]
@@ -20,12 +24,15 @@ import time
 import jwt
 from django.contrib.auth import get_user_model
 from django.utils.crypto import salted_hmac
-from rest_framework import authentication, exceptions, permissions, throttling
+from rest_framework import authentication, exceptions, permissions
 
 from django_river_ml.settings import river_settings
+from django_river_ml.throttling import FailedAuthenticationThrottle, RouteRateThrottle  # noqa: F401 - re-exported
 
 JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "django-river-ml"
+#: Clock skew tolerated between the hosts that issue and check JWTs (on exp, iat and the lifetime).
+JWT_LEEWAY_SECONDS = 30
 
 #: Route names that never need credentials (the token route checks its own).
 OPEN_ROUTES = ("service_info", "auth_token", "auth_token_realm", "not_found", "schema", "docs")
@@ -45,14 +52,24 @@ def issue_jwt(user) -> dict:
             "issued_at": issued_at}
 
 
+class ExpiredToken(exceptions.AuthenticationFailed):
+    """A token we signed, past its time: the client's normal cue to get a new one, not a guess."""
+
+
 def decode_jwt(token: str) -> dict:
     try:
-        return jwt.decode(token, jwt_secret(), algorithms=[JWT_ALGORITHM], issuer=JWT_ISSUER,
-                          options={"require": ["exp", "iat", "sub"]})
+        claims = jwt.decode(token, jwt_secret(), algorithms=[JWT_ALGORITHM], issuer=JWT_ISSUER,
+                            leeway=JWT_LEEWAY_SECONDS, options={"require": ["exp", "iat", "sub"]})
     except jwt.ExpiredSignatureError:
-        raise exceptions.AuthenticationFailed("The token has expired; get a new one from the auth/token route.")
+        raise ExpiredToken("The token has expired; get a new one from the auth/token route.") from None
     except jwt.InvalidTokenError as error:
-        raise exceptions.AuthenticationFailed(f"The token is not valid ({error}).")
+        raise exceptions.AuthenticationFailed(f"The token is not valid ({error}).") from None
+    lifetime = int(claims["exp"]) - int(claims["iat"])  # both checked to be whole numbers by jwt.decode
+    if lifetime > int(river_settings.TOKEN_EXPIRES_SECONDS) + JWT_LEEWAY_SECONDS:
+        raise exceptions.AuthenticationFailed(
+            f"The token is not valid (it lives {lifetime} s; this server issues tokens for "
+            f"{river_settings.TOKEN_EXPIRES_SECONDS} s).")
+    return claims
 
 
 def _active_user(username: str):
@@ -71,7 +88,40 @@ def token_realm(request) -> str:
     return f"{base}/{prefix}/auth/token" if prefix else f"{base}/auth/token", base
 
 
-class BearerJWTAuthentication(authentication.BaseAuthentication):
+class ThrottledFailures:
+    """Authenticator mixin: refused credentials count against the client (``AUTH_FAILURE_RATE_LIMIT``);
+    over the limit, the client gets 429 and its credentials are not looked at.
+
+    With ``check_first = False`` a credential is checked before the limit is: for JWTs, which
+    cannot be guessed, so a valid one costs no cache read and keeps working behind a busy NAT.
+    """
+
+    check_first = True
+
+    def authenticate(self, request):
+        if not authentication.get_authorization_header(request):
+            return super().authenticate(request)
+        throttle = FailedAuthenticationThrottle()
+        if self.check_first:
+            self._refuse_if_blocked(throttle, request)
+        try:
+            return super().authenticate(request)
+        except ExpiredToken:
+            raise
+        except exceptions.AuthenticationFailed:
+            if not self.check_first:
+                self._refuse_if_blocked(throttle, request)
+            throttle.record_failure(request)
+            raise
+
+    @staticmethod
+    def _refuse_if_blocked(throttle, request):
+        wait = throttle.seconds_blocked(request)
+        if wait is not None:
+            raise exceptions.Throttled(wait, detail="Too many failed authentications from this address.")
+
+
+class PlainBearerJWTAuthentication(authentication.BaseAuthentication):
     """``Authorization: Bearer <jwt>`` issued by the token route; its challenge leads clients there."""
 
     keyword = b"bearer"
@@ -94,11 +144,17 @@ class BearerJWTAuthentication(authentication.BaseAuthentication):
         return f'Bearer realm="{realm}",service="{service}"'
 
 
-class APITokenAuthentication(authentication.TokenAuthentication):
+class BearerJWTAuthentication(ThrottledFailures, PlainBearerJWTAuthentication):
+    """The Bearer JWT, its failures throttled (after the check: a valid JWT costs no cache read)."""
+
+    check_first = False
+
+
+class APITokenAuthentication(ThrottledFailures, authentication.TokenAuthentication):
     """DRF's ``Authorization: Token <key>``."""
 
 
-class BasicAPITokenAuthentication(authentication.BasicAuthentication):
+class BasicAPITokenAuthentication(ThrottledFailures, authentication.BasicAuthentication):
     """HTTP Basic ``user:<API token>``, accepted only by the token route."""
 
     www_authenticate_realm = "django-river-ml"
@@ -140,27 +196,3 @@ class IsAuthenticatedWhereRequired(permissions.BasePermission):
         if not authentication_required(request):
             return True
         return bool(request.user and request.user.is_authenticated)
-
-
-class RouteRateThrottle(throttling.SimpleRateThrottle):
-    """``VIEW_RATE_LIMIT``: one rate for every route (``"100/minute"``) or one per route name.
-
-    Counts per user when authenticated, else per client address, in Django's
-    default cache (use a shared cache, e.g. Redis, when several processes serve).
-    """
-
-    def __init__(self):  # the rate depends on the route, known only in allow_request
-        pass
-
-    def allow_request(self, request, view):
-        limit = river_settings.VIEW_RATE_LIMIT
-        self.scope = route_name(request) or "river"
-        self.rate = limit.get(self.scope) if isinstance(limit, dict) else limit
-        if not self.rate:
-            return True
-        self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
-
-    def get_cache_key(self, request, view):
-        ident = request.user.pk if request.user and request.user.is_authenticated else self.get_ident(request)
-        return self.cache_format % {"scope": f"django_river_ml:{self.scope}", "ident": ident}

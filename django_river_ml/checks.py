@@ -46,3 +46,61 @@ def check_authentication(app_configs=None, **kwargs):
             id="django_river_ml.E002",
         )]
     return []
+
+
+#: SECRET_KEYs published in this project's repository (the example site's old fallback).
+PUBLISHED_SECRET_KEYS = frozenset({"example-project-insecure-key-change-me"})
+
+
+@register(Tags.security)
+def check_signing_key(app_configs=None, **kwargs):
+    """JWTs are signed with a key derived from SECRET_KEY: a published one lets anyone forge them."""
+    from django.conf import settings
+
+    if settings.DEBUG or river_settings.problems() or river_settings.DISABLE_AUTHENTICATION:
+        return []
+    if river_settings.JWT_SERVER_SECRET or settings.SECRET_KEY not in PUBLISHED_SECRET_KEYS:
+        return []
+    return [Error(
+        "SECRET_KEY is a key published in django-river-ml's repository, and DEBUG is off: anyone can sign "
+        "JWTs (and sessions) that this site accepts.",
+        hint="Set a secret SECRET_KEY (the example site reads DJANGO_SECRET_KEY, or makes one in its data "
+             "directory when it is unset), or a secret JWT_SERVER_SECRET.",
+        id="django_river_ml.E003",
+    )]
+
+
+@register(Tags.security, deploy=True)
+def check_throttle_cache(app_configs=None, **kwargs):
+    """Throttles count in THROTTLE_CACHE; an in-memory cache counts in each worker process alone."""
+    from django.conf import settings
+
+    if river_settings.problems():
+        return []
+    backend = settings.CACHES[river_settings.THROTTLE_CACHE].get("BACKEND", "")
+    if not backend.endswith(("locmem.LocMemCache", "dummy.DummyCache")):
+        return []
+    return [Warning(
+        f"THROTTLE_CACHE ({river_settings.THROTTLE_CACHE!r}) is {backend.rsplit('.', 1)[-1]}: with several worker "
+        "processes, each counts rate limits and failed authentications alone (or, with DummyCache, nothing counts).",
+        hint="Point THROTTLE_CACHE at a cache every process shares: Django's Redis cache, or a FileBasedCache "
+             "on one host.",
+        id="django_river_ml.W002",
+    )]
+
+
+@register(Tags.security, deploy=True)
+def check_sandbox(app_configs=None, **kwargs):
+    """Uploads are loaded in a confined process; say which of the kernel's walls it goes without."""
+    from django_river_ml.sandbox import confine
+
+    missing = confine.report().missing()
+    if not missing:
+        return []
+    return [Warning(
+        f"The process that loads uploaded models runs without {', '.join(missing)} on this machine: it still "
+        "has its resource limits and the restricted unpickler, but fewer walls if those were ever broken.",
+        hint="Run on Linux 5.13+ with Landlock enabled, unprivileged user namespaces (or as root), and "
+             "libseccomp installed (pip install pyseccomp; apt-get install libseccomp2). See docs/security.md.",
+        id="django_river_ml.W003",
+    )]

@@ -2,6 +2,8 @@
 
 All logic lives here; the REST views and management commands only call it.
 Errors are raised as the typed exceptions of :mod:`django_river_ml.exceptions`.
+Who may do what with a model is decided here too, by :mod:`django_river_ml.access`:
+``DjangoClient()`` has full access, ``DjangoClient(user=alice)`` acts as Alice.
 
 >>> from river import linear_model, preprocessing
 >>> client = DjangoClient()
@@ -18,6 +20,7 @@ Errors are raised as the typed exceptions of :mod:`django_river_ml.exceptions`.
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import time
@@ -26,22 +29,30 @@ from typing import Any
 
 import river
 
-from django_river_ml import events
+from django_river_ml import access, events
+from django_river_ml.access import Caller
 from django_river_ml.describe import describe_model, to_jsonable
 from django_river_ml.exceptions import (
+    AccessDenied,
+    AuthenticationRequired,
+    Conflict,
+    IdentifierConflict,
     IdentifierNotFound,
     InvalidInput,
     ModelFailed,
     ModelNotFound,
     PayloadTooLarge,
+    QuotaExceeded,
+    StorageUnavailable,
 )
 from django_river_ml.flavors import get_flavor
-from django_river_ml.loading import load_model
 from django_river_ml.names import generate_name, validate_name
+from django_river_ml.sandbox import get_sandbox
 from django_river_ml.settings import river_settings
-from django_river_ml.specs import build_model
-from django_river_ml.state import ModelRegistry, get_registry, pickled
-from django_river_ml.storage import Store
+from django_river_ml.timelimit import TimeLimitExceeded, run_limited
+from django_river_ml.state import ModelRegistry, Replica, get_registry, pickled
+from django_river_ml.storage import Access, ModelInfo, Store
+from django_river_ml.storage.base import OK, OVER_QUOTA
 from django_river_ml.validation import validate_features, validate_identifier, validate_value
 from django_river_ml.version import __version__
 
@@ -60,10 +71,16 @@ class DjangoClient:
     """The River API for code running inside the Django site.
 
     ``store`` pins a storage backend; by default the one the settings name is used.
+    Without ``user`` the client has full access (server code: every model, no
+    quota, uploads owned by nobody). With a user (``request.user``, an
+    ``AnonymousUser`` too) it acts as that user: their models and those shared
+    with them, the rest answers ModelNotFound. ``public`` is for a route the site
+    left open: every model may be read and used through it.
     """
 
-    def __init__(self, store: Store | None = None):
+    def __init__(self, store: Store | None = None, user: Any = None, public: bool = False):
         self._registry = ModelRegistry(store) if store is not None else None
+        self.caller = Caller(user, public=public)
 
     @property
     def registry(self) -> ModelRegistry:
@@ -95,28 +112,36 @@ class DjangoClient:
     def upload_model(self, model: bytes | Any, flavor: str, model_name: str | None = None) -> str:
         """Add a model (pickled bytes from an untrusted caller, or an object) and return its name.
 
-        A model of the same name is replaced, with fresh metrics and stats.
+        A model of the same name is replaced, with fresh metrics and stats; it keeps its
+        owner and sharing. Replacing needs the rights to use that model (else ModelNotFound),
+        a new model counts against the uploader's MAX_MODELS_PER_USER.
         """
         flavor_ = get_flavor(flavor)
         if model_name is not None:
             validate_name(model_name)
+        self._may_upload(model_name)  # before the costly load
         if isinstance(model, (bytes, bytearray, memoryview)):
             if len(model) > river_settings.MAX_UPLOAD_SIZE:
                 raise PayloadTooLarge(f"The model is larger than the limit of {river_settings.MAX_UPLOAD_SIZE} bytes.")
-            model = load_model(bytes(model))
+            model = get_sandbox().load(bytes(model), flavor_.name).model
         flavor_.check(model)
-        name = model_name or generate_name(lambda candidate: self.store.model_info(candidate) is not None)
-        self.registry.create(name, flavor_, model)
+        name = self._create(model_name, flavor_, model)
         events.emit("upload", {"model": name, "flavor": flavor_.name})
         return name
 
     def upload_spec(self, spec: Any, flavor: str, model_name: str | None = None) -> str:
         """Add a model described in JSON (see :mod:`django_river_ml.specs`): no uploaded code runs."""
         get_flavor(flavor)
-        return self.upload_model(build_model(spec), flavor, model_name=model_name)
+        if model_name is not None:
+            validate_name(model_name)
+        self._may_upload(model_name)  # before the costly build
+        return self.upload_model(get_sandbox().build(spec, flavor).model, flavor, model_name=model_name)
 
     def models(self) -> list[str]:
-        return self.store.model_names()
+        """The names of the models the caller may see, sorted."""
+        if self.caller.unrestricted(public=True):
+            return self.store.model_names()
+        return [info.name for info in self.store.model_infos() if self.caller.may_use(info.access)]
 
     def get_model(self, model_name: str) -> Any:
         """A copy of the model as it is now (every acknowledged learn included)."""
@@ -124,21 +149,68 @@ class DjangoClient:
 
     def download_model(self, model_name: str) -> bytes:
         """The model pickled (plain pickle: ``pickle.load`` reads it wherever river is installed)."""
-        replica = self.registry.replica(validate_name(model_name))
+        replica = self._replica(model_name)
         with replica.lock:
             return pickled(replica.model)
 
     def get_model_json(self, model_name: str) -> dict:
-        replica = self.registry.replica(validate_name(model_name))
+        replica = self._replica(model_name)
         with replica.lock:
-            return describe_model(replica.model)
+            try:
+                return run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, describe_model, replica.model)
+            except TimeLimitExceeded as error:
+                raise ModelFailed(f"The model's JSON view could not be made: {error}.") from None
 
     def delete_model(self, model_name: str) -> None:
-        """Delete the model with its log, snapshots, metrics, stats and identifiers."""
-        if not self.store.delete_model(validate_name(model_name)):
-            raise ModelNotFound(f"No model named {model_name!r}.")
-        self.registry.forget(model_name)
-        events.emit("delete", {"model": model_name})
+        """Delete the model with its log, snapshots, metrics, stats, identifiers and access."""
+        validate_name(model_name)
+        self._require_identity()
+        for _ in range(3):
+            info = self._info(model_name, write=True)
+            if self.store.delete_model(model_name, incarnation=info.incarnation):
+                self.registry.forget(model_name)
+                events.emit("delete", {"model": model_name})
+                return
+        raise Conflict(f"Model {model_name!r} kept changing while it was being deleted; try again.")
+
+    # Sharing ------------------------------------------------------------------
+
+    def get_access(self, model_name: str) -> dict:
+        """``{"owner", "users", "groups"}`` of the model, by name (its owner and staff only)."""
+        self._require_identity()
+        return access.describe(self._managed(model_name).access)
+
+    def set_access(self, model_name: str, owner: str | None = None, users: list[str] | None = None,
+                   groups: list[str] | None = None) -> dict:
+        """Change the owner, or whom the model is shared with (by user and group name; None keeps a field).
+
+        Only the owner and staff may. A new owner must exist and, unless staff or
+        server code does it, own fewer than MAX_MODELS_PER_USER models.
+        """
+        if river_settings.DISABLE_AUTHENTICATION:
+            raise InvalidInput("Authentication is disabled (DISABLE_AUTHENTICATION): every model is open to "
+                               "everyone, so there is no sharing to set.")
+        self._require_identity()
+        info = self._managed(model_name)
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise InvalidInput("owner must be a user name.")
+        owner_id = access.user_ids([owner], "owner")[0] if owner is not None else None
+        user_ids = access.user_ids(users) if users is not None else None
+        group_ids = access.group_ids(groups) if groups is not None else None
+        max_owned = None if self.caller.exempt_from_quotas else river_settings.MAX_MODELS_PER_USER
+        for _ in range(3):
+            current = info.access
+            new = Access(owner=current.owner if owner_id is None else owner_id,
+                         users=current.users if user_ids is None else user_ids,
+                         groups=current.groups if group_ids is None else group_ids)
+            outcome = self.store.set_access(model_name, info.incarnation, new, max_owned=max_owned)
+            if outcome == OK:
+                return access.describe(new)
+            if outcome == OVER_QUOTA:
+                raise QuotaExceeded(f"{owner!r} already owns {max_owned} models, the most MAX_MODELS_PER_USER "
+                                    "allows.")
+            info = self._managed(model_name)  # replaced or deleted meanwhile: look again
+        raise Conflict(f"Model {model_name!r} kept changing while its access was being set; try again.")
 
     # Learning and predicting --------------------------------------------------
 
@@ -146,7 +218,7 @@ class DjangoClient:
               identifier: str | None = None) -> dict:
         """Learn one example; with an identifier, the prediction made for it is scored and consumed."""
         started = time.perf_counter_ns()
-        validate_name(model_name)
+        self._check(model_name)  # before an identifier is taken
         identifier = validate_identifier(identifier)
         validate_value("ground_truth", ground_truth)
         prediction_known, prediction, record = False, None, None
@@ -174,7 +246,7 @@ class DjangoClient:
     def label(self, label: Any, identifier: str, model_name: str) -> dict:
         """Learn a past prediction's features with the label that became known."""
         started = time.perf_counter_ns()
-        validate_name(model_name)
+        self._check(model_name)  # before the identifier is taken
         if validate_identifier(identifier) is None:
             raise InvalidInput("identifier is required.")
         if label is None:
@@ -193,18 +265,30 @@ class DjangoClient:
         return result
 
     def predict(self, model_name: str, features: dict, identifier: str | None = None) -> dict:
-        """Predict; the answer has an ``identifier`` to label later when one was made or given."""
+        """Predict; the answer has an ``identifier`` to label later when one was made or given.
+
+        A given identifier that is already pending is an IdentifierConflict: the
+        pending prediction is never replaced (its label would learn the newcomer's features).
+        """
         started = time.perf_counter_ns()
         validate_name(model_name)
         validate_features(features)
         identifier = validate_identifier(identifier)
-        prediction = self._predict(model_name, features)
+        replica = self._replica(model_name)
         if identifier is None and river_settings.GENERATE_IDENTIFIERS:
             identifier = str(uuid.uuid4())
+        if identifier is not None and replica.flavor.predictions_change_state:
+            self._record(features, None)  # too large: refused before the prediction is logged
+        prediction = self._predict(model_name, replica, features)
         result = {"model": model_name, "prediction": to_jsonable(prediction)}
         if identifier is not None:
-            record = pickle.dumps({"x": features, "p": prediction}, protocol=pickle.HIGHEST_PROTOCOL)
-            self.store.put_identifier(model_name, identifier, record, river_settings.IDENTIFIER_TTL_SECONDS)
+            record = self._record(features, prediction)
+            if not self.store.put_identifier(model_name, identifier, record, river_settings.IDENTIFIER_TTL_SECONDS,
+                                             river_settings.MAX_PENDING_IDENTIFIERS):
+                raise IdentifierConflict(
+                    f"A prediction is already pending under identifier {identifier!r} for model {model_name!r}: "
+                    "label it first, or use another identifier."
+                )
             result["identifier"] = identifier
         self._finish("predict", model_name, started, {**result, "features": features})
         return result
@@ -212,14 +296,13 @@ class DjangoClient:
     # Reporting ----------------------------------------------------------------
 
     def metrics(self, model_name: str) -> dict:
-        replica = self.registry.replica(validate_name(model_name))
+        replica = self._replica(model_name)
         with replica.lock:
             return {type(metric).__name__: to_jsonable(metric.get()) for metric in replica.metrics}
 
     def stats(self, model_name: str) -> dict:
         """Call counts and durations, aggregated over every worker in the store."""
-        if self.store.model_info(validate_name(model_name)) is None:
-            raise ModelNotFound(f"No model named {model_name!r}.")
+        self._info(model_name)
         recorded = self.store.call_stats(model_name)
         result = {}
         for operation in STAT_OPERATIONS:
@@ -236,7 +319,98 @@ class DjangoClient:
             }
         return result
 
+    # Access -------------------------------------------------------------------
+
+    def _info(self, model_name: str, write: bool = False) -> ModelInfo:
+        """The model if the caller may use it (``write``: replace or delete it), else ModelNotFound.
+
+        Missing and forbidden look the same, so a model's existence does not leak.
+        """
+        info = self.store.model_info(validate_name(model_name))
+        if info is None or not self.caller.may_use(info.access, public=not write):
+            raise ModelNotFound(f"No model named {model_name!r}.")
+        return info
+
+    def _check(self, model_name: str) -> None:
+        """ModelNotFound unless the caller may use the model (no look-up for full access)."""
+        validate_name(model_name)
+        if not self.caller.unrestricted(public=True):
+            self._info(model_name)
+
+    def _replica(self, model_name: str) -> Replica:
+        """The model's replica, if the caller may use it (the one whose access was checked)."""
+        validate_name(model_name)
+        if self.caller.unrestricted(public=True):
+            return self.registry.replica(model_name)
+        for _ in range(3):
+            info = self._info(model_name)
+            replica = self.registry.replica(model_name)
+            if replica.incarnation == info.incarnation:
+                return replica
+        raise ModelNotFound(f"No model named {model_name!r}.")
+
+    def _managed(self, model_name: str) -> ModelInfo:
+        info = self._info(model_name, write=True)
+        if not self.caller.may_manage(info.access):
+            raise AccessDenied(f"Only the owner of model {model_name!r} or staff may see or change whom it is "
+                               "shared with.")
+        return info
+
+    def _require_identity(self) -> None:
+        if not self.caller.identified:
+            raise AuthenticationRequired("Models belong to users: sign in to upload, delete or share one.")
+
+    def _may_upload(self, model_name: str | None) -> None:
+        """Who may upload: a signed-in caller; under a taken name, one who may use that model; else within quota."""
+        self._require_identity()
+        if model_name is not None:
+            info = self.store.model_info(model_name)
+            if info is not None:
+                if not self.caller.may_use(info.access, public=False):
+                    raise ModelNotFound(f"No model named {model_name!r}.")
+                return  # a replacement: the owner owns no more models than before
+        if not self.caller.exempt_from_quotas:
+            if self.store.owned_count(self.caller.user_id) >= river_settings.MAX_MODELS_PER_USER:
+                raise self._over_quota()
+
+    def _over_quota(self) -> QuotaExceeded:
+        limit = river_settings.MAX_MODELS_PER_USER
+        return QuotaExceeded(f"You own {limit} models, the most MAX_MODELS_PER_USER allows: delete one first "
+                             "(or ask an administrator to raise the limit).")
+
+    def _create(self, model_name: str | None, flavor_, model: Any) -> str:
+        """Store the model: a new one owned by the caller, or a replacement keeping its access (compare-and-set)."""
+        max_owned = None if self.caller.exempt_from_quotas else river_settings.MAX_MODELS_PER_USER
+        for _ in range(5):
+            name = model_name or generate_name(lambda candidate: self.store.model_info(candidate) is not None)
+            info = self.store.model_info(name) if model_name else None
+            if info is not None and not self.caller.may_use(info.access, public=False):
+                raise ModelNotFound(f"No model named {name!r}.")
+            outcome = self.registry.create(
+                name, flavor_, model, access=info.access if info else Access(owner=self.caller.user_id),
+                expect=info.incarnation if info else None, max_owned=max_owned,
+            )
+            if outcome == OK:
+                return name
+            if outcome == OVER_QUOTA:
+                raise self._over_quota()
+            # Created, replaced or deleted by someone else meanwhile: look again.
+        raise Conflict(f"Model {model_name!r} kept changing while it was being uploaded; try again.")
+
     # Internals ----------------------------------------------------------------
+
+    @staticmethod
+    def _record(features: dict, prediction: Any) -> bytes:
+        """What a pending identifier keeps, refused over MAX_IDENTIFIER_BYTES."""
+        record = pickle.dumps({"x": features, "p": prediction}, protocol=pickle.HIGHEST_PROTOCOL)
+        limit = river_settings.MAX_IDENTIFIER_BYTES
+        if len(record) > limit:
+            raise PayloadTooLarge(
+                f"The prediction to keep for a later label (features and prediction) takes {len(record)} bytes; "
+                f"MAX_IDENTIFIER_BYTES allows {limit}. Send fewer or shorter features, or ask an administrator "
+                "to raise the limit."
+            )
+        return record
 
     def _take_identifier(self, model_name: str, identifier: str, required: bool) -> dict | None:
         data = self.store.pop_identifier(model_name, identifier)
@@ -249,14 +423,16 @@ class DjangoClient:
             return None
         return pickle.loads(data)  # noqa: S301 - written by predict() into our store
 
-    def _predict(self, model_name: str, features: dict) -> Any:
-        replica = self.registry.replica(model_name)
+    def _predict(self, model_name: str, replica: Replica, features: dict) -> Any:
         if replica.flavor.predictions_change_state:
             _, outcome = self.registry.append(model_name, lambda flavor: {"op": "predict", "x": features})
             return outcome.prediction
         with replica.lock:
             try:
-                return replica.flavor.predict(replica.model, dict(features))
+                return run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, replica.flavor.predict, replica.model,
+                                   dict(features))
+            except TimeLimitExceeded as error:
+                raise ModelFailed(f"The model stopped on this input: {error}.") from None
             except Exception as error:
                 raise ModelFailed(f"The model raised on this input ({type(error).__name__}: {error}).") from None
 
@@ -266,11 +442,15 @@ class DjangoClient:
         except Exception:
             if record is not None:  # let the caller try again with a corrected label
                 self.store.put_identifier(model_name, identifier, pickle.dumps(record),
-                                          river_settings.IDENTIFIER_TTL_SECONDS)
+                                          river_settings.IDENTIFIER_TTL_SECONDS,
+                                          river_settings.MAX_PENDING_IDENTIFIERS)
             raise
 
     def _finish(self, operation: str, model_name: str, started: int, event: dict) -> None:
         duration = time.perf_counter_ns() - started
-        self.store.record_call(model_name, operation, duration, float(river_settings.STATS_EWM_ALPHA))
+        try:
+            self.store.record_call(model_name, operation, duration, float(river_settings.STATS_EWM_ALPHA))
+        except StorageUnavailable:  # the call itself happened: a lost timing must not report it failed
+            logging.getLogger(__name__).warning("Could not count a %s call of %s in its stats", operation, model_name)
         events.emit(operation, event)
 

@@ -39,25 +39,58 @@ def _key(key: Any) -> str | int | float | bool | None:
     return str(key)
 
 
-def _describe_value(value: Any) -> Any:
+#: Most values a model's JSON view shows: parameters are small, but a model can hold a structure
+#: that shares itself so that a walk over it never ends (the rest is cut, shown as "...").
+MAX_DESCRIBED_VALUES = 10_000
+
+
+class _Budget:
+    def __init__(self, values: int):
+        self.left = values
+
+    def take(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
+def _describe_value(value: Any, budget: _Budget) -> Any:
+    if not budget.take():
+        return "..."
     # river's _get_params gives nested estimators as (class, params) pairs.
     if isinstance(value, tuple) and len(value) == 2 and inspect.isclass(value[0]) and isinstance(value[1], dict):
-        return {value[0].__name__: {k: _describe_value(v) for k, v in value[1].items()}}
+        return {value[0].__name__: _describe_items(value[1], budget)}
     if inspect.isclass(value):
         return value.__name__
     if callable(value) and hasattr(value, "__name__"):
         return value.__name__
     if isinstance(value, dict):
-        return {_key(k): _describe_value(v) for k, v in value.items()}
+        return _describe_items(value, budget)
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_describe_value(v) for v in value]
+        described = []
+        for item in value:
+            if budget.left <= 0:
+                described.append("...")
+                break
+            described.append(_describe_value(item, budget))
+        return described
     return to_jsonable(value)
+
+
+def _describe_items(params: dict, budget: _Budget) -> dict:
+    described = {}
+    for key, value in params.items():
+        if budget.left <= 0:
+            described["..."] = "cut: the model holds more values than a JSON view shows"
+            break
+        described[_key(key)] = _describe_value(value, budget)
+    return described
 
 
 def describe_model(model: Any) -> dict:
     """The model's parameters keyed by step class name (a pipeline has one key a step)."""
+    budget = _Budget(MAX_DESCRIBED_VALUES)
     get_params = getattr(model, "_get_params", None)
     params = get_params() if callable(get_params) else {}
     if isinstance(getattr(model, "steps", None), dict):
-        return {str(step): _describe_value(step_params) for step, step_params in params.items()}
-    return {type(model).__name__: {k: _describe_value(v) for k, v in params.items()}}
+        return _describe_items({str(step): step_params for step, step_params in params.items()}, budget)
+    return {type(model).__name__: _describe_items(params, budget)}

@@ -41,6 +41,32 @@ class IdentifierNotFound(RiverMLError):
     status_code = 404
 
 
+class AuthenticationRequired(RiverMLError):
+    """Only a signed-in caller may do this (upload, delete, share), even on a route the site left open."""
+
+    status_code = 401
+
+
+class AccessDenied(RiverMLError):
+    """The caller may use the model but not do this with it (only its owner or staff may share it)."""
+
+    status_code = 403
+
+
+class Conflict(RiverMLError):
+    """The request conflicts with what the store holds now."""
+
+    status_code = 409
+
+
+class IdentifierConflict(Conflict):
+    """A prediction is already pending under that identifier; it is never replaced."""
+
+
+class QuotaExceeded(Conflict):
+    """The owner already owns MAX_MODELS_PER_USER models."""
+
+
 class ModelFailed(RiverMLError):
     """The model raised while learning or predicting on this input; its state is unchanged."""
 
@@ -51,7 +77,21 @@ class PayloadTooLarge(RiverMLError):
     status_code = 413
 
 
+class ModelTooLarge(RiverMLError):
+    """The model is larger, as stored, than MAX_MODEL_BYTES."""
+
+    status_code = 413
+
+
 class StorageUnavailable(RiverMLError):
-    """The store (Redis or the embedded file) cannot be reached."""
+    """The store (Redis or the embedded file) cannot be reached or did not answer in time.
+
+    The operation may have happened all the same (a write that timed out can have
+    landed), so callers retry, after ``retry_after`` seconds (the Retry-After header).
+    """
 
     status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after

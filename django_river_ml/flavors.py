@@ -17,7 +17,9 @@ django_river_ml.exceptions.InvalidModel: A binary model needs predict_proba_one,
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 from dataclasses import dataclass, field
 from numbers import Number
 from typing import Any, Callable
@@ -33,6 +35,52 @@ def last_step(model: Any) -> Any:
     if isinstance(steps, dict) and steps:
         return last_step(list(steps.values())[-1])
     return model
+
+
+def _has(model: Any, method: str) -> bool:
+    """Both the model and the step that answers for it have ``method``."""
+    return callable(getattr(model, method, None)) and callable(getattr(last_step(model), method, None))
+
+
+def _declared_only(model: Any, method: str) -> bool:
+    """river's base.Classifier declares predict_proba_one raising NotImplementedError."""
+    return getattr(type(last_step(model)), method, None) is base.Classifier.predict_proba_one
+
+
+def implements(model: Any, method: str) -> bool:
+    """Whether ``model.method`` answers instead of raising NotImplementedError.
+
+    Having the method proves nothing for a river classifier (see
+    :func:`_declared_only`), and a wrapper may forward to a model that lacks it.
+    So a copy is asked once, at upload, on an empty example; any other error
+    means the method exists and only needs real features.
+    """
+    if not _has(model, method) or _declared_only(model, method):
+        return False
+    try:
+        getattr(_copy(model), method)({})
+    except NotImplementedError:
+        return False
+    except Exception:  # noqa: BLE001 - implemented, only not for an empty example
+        pass
+    return True
+
+
+def _copy(model: Any) -> Any:
+    """A copy to try things on: a pickle round trip (twice as fast as deepcopy), else deepcopy."""
+    try:
+        return pickle.loads(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301 - made here
+    except Exception:  # noqa: BLE001 - not picklable with plain pickle (a dill-only object)
+        return copy.deepcopy(model)
+
+
+# River kinds a classifier flavor refuses, with the flavor to use instead.
+_NOT_CLASSIFIERS = (
+    (base.Regressor, "a regressor", "regression"),
+    (base.Clusterer, "a clusterer", "cluster"),
+    (base.AnomalyDetector, "an anomaly detector", "anomaly"),
+    (base.SupervisedAnomalyDetector, "an anomaly detector", "anomaly"),
+)
 
 
 def _is_supervised(model: Any) -> bool:
@@ -80,7 +128,8 @@ class Flavor:
     target_check: Callable[[Any], bool] | None = None
     target_words: str = ""
     metric_factories: tuple[Callable[[], metrics.base.Metric], ...] = field(default_factory=tuple)
-    # When the model lacks predict_method, these are tried instead (in order).
+    # Tried in order when the model lacks predict_method or does not implement it (river's
+    # base.Classifier declares predict_proba_one raising NotImplementedError).
     fallback_methods: tuple[str, ...] = ()
     # Predicting changes the model (river's clusterers draw random centers for unseen
     # features): such predictions go through the log so every replica changes alike.
@@ -90,29 +139,49 @@ class Flavor:
     def supervised(self) -> bool:
         return self.target_check is not None
 
+    @property
+    def predict_methods(self) -> tuple[str, ...]:
+        return (self.predict_method, *self.fallback_methods)
+
     def check(self, model: Any) -> None:
         """Raise :class:`InvalidModel` saying what the model lacks for this flavor."""
-        name = type(last_step(model)).__name__
-        for method in ("learn_one", *self.required_methods):
-            if not callable(getattr(model, method, None)) or not callable(getattr(last_step(model), method, None)):
-                if method == self.predict_method and any(
-                    callable(getattr(last_step(model), m, None)) for m in self.fallback_methods
-                ):
-                    continue
-                raise InvalidModel(f"A {self.name} model needs {method}, and {name} does not have it.")
         step = last_step(model)
-        # A river regressor's predict_one would pass for the multiclass fallback.
-        if self.name in ("binary", "multiclass") and isinstance(step, base.Regressor) \
-                and not isinstance(step, base.Classifier):
-            raise InvalidModel(f"{name} is a regressor: upload it with the regression flavor.")
-        if self.name == "multiclass" and getattr(last_step(model), "_multiclass", True) is False:
+        name = type(step).__name__
+        for method in ("learn_one", *self.required_methods):
+            if not _has(model, method):
+                raise InvalidModel(f"A {self.name} model needs {method}, and {name} does not have it.")
+        if not any(_has(model, method) for method in self.predict_methods):
+            raise InvalidModel(f"A {self.name} model needs {self.predict_method}, and {name} does not have it.")
+        if self.name in ("binary", "multiclass") and not isinstance(step, base.Classifier):
+            # A river regressor's predict_one would pass for the fallback.
+            for kind, words, flavor in _NOT_CLASSIFIERS:
+                if isinstance(step, kind):
+                    raise InvalidModel(f"{name} is {words}: upload it with the {flavor} flavor.")
+        if self.name == "multiclass" and getattr(step, "_multiclass", True) is False:
             raise InvalidModel(
                 f"{name} is a binary classifier: upload it with the binary flavor, "
                 "or wrap it in river.multiclass.OneVsRestClassifier for several classes."
             )
+        if self.name == "regression" and isinstance(step, base.MultiTargetRegressor):
+            raise InvalidModel(f"{name} predicts several targets and a regression model learns one number: "
+                               "upload it with the custom flavor (its ground_truth an object of targets).")
+        # Else every learn (which scores a prediction first) or predict would fail.
+        if not any(implements(model, method) for method in self.predict_methods):
+            raise InvalidModel(
+                f"{name} does not implement {' or '.join(self.predict_methods)} (it raises NotImplementedError), "
+                "so it cannot predict."
+            )
 
-    def make_metrics(self) -> list[metrics.base.Metric]:
-        return [factory() for factory in self.metric_factories]
+    def make_metrics(self, model: Any = None) -> list[metrics.base.Metric]:
+        """Fresh metrics; those that score probabilities are left out for a model that has none.
+
+        Called once, at upload: the list lives in the model's snapshot, so every
+        replica keeps the same metrics.
+        """
+        made = [factory() for factory in self.metric_factories]
+        if model is not None and self.fallback_methods and not implements(model, self.predict_method):
+            made = [metric for metric in made if getattr(metric, "requires_labels", True)]
+        return made
 
     def validate_target(self, target: Any, field: str = "ground_truth") -> None:
         if self.target_check is None:
@@ -123,10 +192,14 @@ class Flavor:
             raise InvalidInput(f"{field} for a {self.name} model must be {self.target_words}, not {_shown(target)}.")
 
     def predict(self, model: Any, features: dict) -> Any:
-        for method in (self.predict_method, *self.fallback_methods):
-            function = getattr(last_step(model), method, None)
-            if callable(function):
+        """The first of :attr:`predict_methods` the model implements (the same on every replica)."""
+        methods = [m for m in self.predict_methods if _has(model, m) and not _declared_only(model, m)]
+        for position, method in enumerate(methods, 1):
+            try:
                 return getattr(model, method)(features)
+            except NotImplementedError:  # a wrapper around a model without it: try the next
+                if position == len(methods):
+                    raise
         raise InvalidModel(f"The model has no {self.predict_method}.")
 
     def learn(self, model: Any, features: dict, target: Any) -> None:
@@ -144,7 +217,7 @@ class Flavor:
             y_pred = _most_likely(prediction) if requires_labels else prediction
             try:
                 metric.update(target, y_pred)
-            except (TypeError, ValueError, KeyError, ZeroDivisionError, ArithmeticError):
+            except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError, ArithmeticError):
                 # A metric that cannot score this pair skips it (every replica alike).
                 continue
 
@@ -163,8 +236,10 @@ FLAVORS: dict[str, Flavor] = {
         ),
         Flavor(
             name="binary",
-            description="predict_proba_one gives {label: probability}; learns from a label",
+            description="predict_proba_one gives {label: probability} (predict_one the label for a model "
+                        "without probabilities); learns from a label",
             predict_method="predict_proba_one",
+            fallback_methods=("predict_one",),
             required_methods=("predict_proba_one",),
             target_check=_is_label,
             target_words="a label (boolean, string or number)",
@@ -175,7 +250,7 @@ FLAVORS: dict[str, Flavor] = {
             description="predict_proba_one (or predict_one) gives the class; learns from a label",
             predict_method="predict_proba_one",
             fallback_methods=("predict_one",),
-            required_methods=("predict_proba_one",),
+            required_methods=(),
             target_check=_is_label,
             target_words="a label (string, number or boolean)",
             metric_factories=(

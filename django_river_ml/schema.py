@@ -272,6 +272,13 @@ class DeletedSerializer(fields.Serializer):
     model = fields.CharField()
 
 
+class AccessResultSerializer(fields.Serializer):
+    owner = fields.CharField(allow_null=True, help_text="The owner's user name; null when the model has none "
+                                                        "(uploaded by server code or with authentication off).")
+    users = fields.ListField(child=fields.CharField(), help_text="Users the model is shared with.")
+    groups = fields.ListField(child=fields.CharField(), help_text="Groups the model is shared with.")
+
+
 class TokenSerializer(fields.Serializer):
     token = fields.CharField(help_text="A JWT: send it as Authorization: Bearer <token>.")
     expires_in = fields.IntegerField(help_text="Seconds.")
@@ -295,10 +302,14 @@ ERRORS = {
     400: "Bad input: a missing or malformed field, malformed JSON, NaN or Infinity, a value of the wrong "
          "type for the model's flavor, an invalid model name, or a model that raised on the input.",
     401: "Credentials are needed (when authentication is on); WWW-Authenticate names the token route.",
-    403: "The credentials do not allow this (e.g. a session write without a CSRF token).",
-    404: "No such model, or no pending prediction with that identifier.",
+    403: "The credentials do not allow this (e.g. a session write without a CSRF token, or the access of a "
+         "model shared with you: only its owner and staff may see or change it).",
+    404: "No such model (or one you may not use: the same answer), or no pending prediction with that identifier.",
     405: "The route does not take this method.",
-    413: "The body is over the limit (MAX_UPLOAD_SIZE for uploads, DATA_UPLOAD_MAX_MEMORY_SIZE for JSON).",
+    409: "A conflict with what the server holds: a prediction is already pending under that identifier, the "
+         "owner already owns MAX_MODELS_PER_USER models, or the model changed meanwhile.",
+    413: "The body is over the limit (MAX_UPLOAD_SIZE for uploads, DATA_UPLOAD_MAX_MEMORY_SIZE for JSON), or "
+         "the prediction to keep for a label is over MAX_IDENTIFIER_BYTES.",
     429: "Too many requests (when VIEW_RATE_LIMIT sets a rate for the route).",
     503: "The store (Redis, the SQLite file) cannot be reached.",
 }
@@ -350,8 +361,9 @@ UPLOAD_DESCRIPTION = (
     "the modules in ALLOWED_MODEL_MODULES), or a JSON model spec (application/json): a list of steps "
     "`{\"class\": \"preprocessing.StandardScaler\", \"params\": {...}}` chained into a pipeline, or one "
     "such step; nothing in it runs as code. "
-    "A model of the same name is replaced, with fresh metrics and stats. A model that lacks what its "
-    "flavor needs is a 400."
+    "A model of the same name is replaced, with fresh metrics and stats, and keeps its owner and sharing; "
+    "only those who may use it may replace it (anyone else gets a 404). A new model belongs to the uploader, "
+    "and one over MAX_MODELS_PER_USER is a 409. A model that lacks what its flavor needs is a 400."
 )
 UPLOAD_EXAMPLES = [
     example("A JSON model spec", [
@@ -388,14 +400,14 @@ upload_model = operation(
     description=f"`POST /model/<flavor>/`: the path's last part is the flavor. {UPLOAD_DESCRIPTION}",
     parameters=[flavor_parameter("name")],
     request=UPLOAD_BODY, examples=UPLOAD_EXAMPLES,
-    responses={201: UploadedSerializer, **errors(400, 413, 503)},
+    responses={201: UploadedSerializer, **errors(400, 404, 409, 413, 503)},
 )
 upload_named_model = operation(
     operation_id="upload_named_model", tags=["models"], summary="Upload a model under a chosen name",
     description=UPLOAD_DESCRIPTION,
     parameters=[flavor_parameter("flavor"), MODEL_PATH],
     request=UPLOAD_BODY, examples=UPLOAD_EXAMPLES,
-    responses={201: UploadedSerializer, **errors(400, 413, 503)},
+    responses={201: UploadedSerializer, **errors(400, 404, 409, 413, 503)},
 )
 learn = operation(
     operation_id="learn", tags=["learning"], summary="Learn one example",
@@ -415,14 +427,16 @@ predict = operation(
     operation_id="predict", tags=["learning"], summary="Predict",
     description=(
         "201 with an `identifier` when one was given or generated (GENERATE_IDENTIFIERS): label the "
-        "prediction later with it. 200 without one."
+        "prediction later with it. 200 without one. An identifier that is already pending is a 409 (a "
+        "pending prediction is never replaced); a prediction too large to keep (MAX_IDENTIFIER_BYTES) is a "
+        "413. Beyond MAX_PENDING_IDENTIFIERS for the model, the oldest pending predictions are forgotten."
     ),
     request={"application/json": serializers.PredictSerializer},
     examples=[example("Predict", {"model": EXAMPLE_MODEL, "features": EXAMPLE_FEATURES}, request_only=True)],
     responses={
         201: OpenApiResponse(IdentifiedPredictionSerializer, description="The prediction, stored for a label."),
         200: OpenApiResponse(PredictionSerializer, description="The prediction (no identifier made or given)."),
-        **errors(400, 404, 413, 503),
+        **errors(400, 404, 409, 413, 503),
     },
 )
 label = operation(
@@ -454,7 +468,8 @@ stats = operation(
 )
 models = operation(
     operation_id="models", tags=["models"], summary="The models' names",
-    description="Every model's name, in no particular order.",
+    description="The names of the models the caller may see: their own, those shared with them or their "
+                "groups (every model for staff, with authentication off, or when the site left this route open).",
     responses={200: ModelListSerializer, **errors(503)},
 )
 get_model = operation(
@@ -467,7 +482,7 @@ delete_model = operation(
     operation_id="delete_model", tags=["models"], summary="Delete a model",
     description="The model goes with its log, snapshots, metrics, stats and pending identifiers.",
     parameters=[MODEL_PATH],
-    responses={200: DeletedSerializer, **errors(400, 404, 503)},
+    responses={200: DeletedSerializer, **errors(400, 404, 409, 503)},
 )
 delete_model_by_body = operation(
     operation_id="delete_model_by_body", tags=["models"], summary="Delete a model named in the request",
@@ -477,7 +492,7 @@ delete_model_by_body = operation(
         "or `?model=` work as well."
     ),
     parameters=[MODEL_QUERY],
-    responses={200: DeletedSerializer, **errors(400, 404, 413, 503)},
+    responses={200: DeletedSerializer, **errors(400, 404, 409, 413, 503)},
 )
 download_model = operation(
     operation_id="download_model", tags=["models"], summary="Download a model",
@@ -487,4 +502,29 @@ download_model = operation(
         (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="The pickled model."),
         **errors(400, 404, 503),
     },
+)
+ACCESS_DESCRIPTION = (
+    "Every model belongs to the user who uploaded it. Its owner, staff, and the users and groups it is shared "
+    "with may see, use, download, replace and delete it; anyone else gets a 404, as for a missing model. Only "
+    "the owner and staff may see or change the access (a user it is shared with gets a 403)."
+)
+get_access = operation(
+    operation_id="get_access", tags=["models"], summary="Who owns a model and whom it is shared with",
+    description=ACCESS_DESCRIPTION,
+    parameters=[MODEL_PATH],
+    examples=[example("Shared", {"owner": "alice", "users": ["bob"], "groups": ["analysts"]}, response_only=True)],
+    responses={200: AccessResultSerializer, **errors(400, 404, 503)},
+)
+set_access = operation(
+    operation_id="set_access", tags=["models"], summary="Share a model, or give it to another user",
+    description=(
+        f"{ACCESS_DESCRIPTION} The body names users and groups; a field left out keeps its value, so "
+        "`{\"users\": []}` stops sharing with users. A new owner must exist and own fewer than "
+        "MAX_MODELS_PER_USER models (staff are exempt), else 409. With authentication disabled every model is "
+        "everyone's and this is a 400. The answer is the model's access as it is now."
+    ),
+    parameters=[MODEL_PATH],
+    request={"application/json": serializers.AccessSerializer},
+    examples=[example("Share", {"users": ["bob"], "groups": ["analysts"]}, request_only=True)],
+    responses={200: AccessResultSerializer, **errors(400, 404, 409, 413, 503)},
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from django_river_ml.access import MAX_GRANTS
 from django_river_ml.validation import MAX_NESTING, nested_deeper_than
 
 
@@ -56,3 +57,14 @@ class LearnSerializer(ModelNameSerializer):
 class LabelSerializer(ModelNameSerializer):
     identifier = serializers.CharField(trim_whitespace=False)
     label = JSONValueField(help_text="The true label of the prediction with that identifier.")
+
+
+class AccessSerializer(serializers.Serializer):
+    """``PUT /model/access/<name>/``: a field left out keeps its value."""
+
+    owner = serializers.CharField(required=False, trim_whitespace=False,
+                                  help_text="The user who owns the model (only the owner and staff may change it).")
+    users = serializers.ListField(child=serializers.CharField(trim_whitespace=False), required=False,
+                                  max_length=MAX_GRANTS, help_text="Names of the users the model is shared with.")
+    groups = serializers.ListField(child=serializers.CharField(trim_whitespace=False), required=False,
+                                   max_length=MAX_GRANTS, help_text="Names of the groups the model is shared with.")

@@ -13,6 +13,7 @@ cache is dropped whenever Django's ``setting_changed`` signal fires, so
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,48 @@ DEFAULTS: dict[str, Any] = {
     "JWT_SERVER_SECRET": None,
     # DRF throttling: None (off), one rate for all routes ("100/minute"), or {route name: rate}.
     "VIEW_RATE_LIMIT": None,
+    # Failed authentications (a wrong API token, a forged JWT) one client address may make; over it,
+    # 429 with Retry-After and no credential is looked at. None (or "off") turns it off.
+    "AUTH_FAILURE_RATE_LIMIT": "10/minute",
+    # Proxies of yours in front of the server: 0 counts clients by REMOTE_ADDR only; n > 0 by the
+    # X-Forwarded-For entry the farthest of n proxies added (a client writes the rest itself).
+    "NUM_PROXIES": 0,
+    # The Django cache (an alias in CACHES) the throttles count in. Share it between worker processes.
+    "THROTTLE_CACHE": "default",
+    # Quotas (docs/settings.md#quotas). Models one user may own; an upload over it is a 409.
+    # Staff and server code (DjangoClient() without a user) are exempt.
+    "MAX_MODELS_PER_USER": 100,
+    # Unlabelled predictions kept per model; beyond it the oldest are forgotten.
+    "MAX_PENDING_IDENTIFIERS": 10_000,
+    # Bytes one kept prediction (its features and prediction, pickled) may take; a predict
+    # whose record is larger is a 413.
+    "MAX_IDENTIFIER_BYTES": 64 * 1024,
+    # Redis timeouts, in seconds: to connect, and to wait for an answer. A stalled Redis costs a
+    # request at most this long; it then answers 503 with Retry-After (redis-py's own retries are off).
+    "REDIS_SOCKET_CONNECT_TIMEOUT": 2.0,
+    "REDIS_SOCKET_TIMEOUT": 5.0,
+    # Uploads are loaded and tried in a confined process (docs/security.md#the-loading-path).
+    # Memory an upload may use there, beyond the loader's own interpreter, numpy and river.
+    "SANDBOX_MEMORY_BYTES": 1024 * 1024 * 1024,
+    # CPU seconds, and wall-clock seconds, one upload may take to load, build and try.
+    "SANDBOX_CPU_SECONDS": 20,
+    "SANDBOX_TIMEOUT_SECONDS": 60,
+    # Seconds the trial (two learns and a predict on a made-up row) may take.
+    "TRIAL_SECONDS": 2.0,
+    # Start the sandbox's loader process with the server instead of at the first upload.
+    "SANDBOX_PREWARM": False,
+    # Largest a model may grow, in bytes as stored (checked at upload and at every snapshot).
+    "MAX_MODEL_BYTES": 64 * 1024 * 1024,
+    # Seconds one learn or predict may run inside the model; over it the call is rejected as if the
+    # model had raised (on every worker). 0 turns the limit off.
+    "CALL_TIME_LIMIT_SECONDS": 5.0,
 }
+
+SANDBOX_SETTINGS = ("SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES")
+
+REDIS_TIMEOUT_SETTINGS = ("REDIS_SOCKET_CONNECT_TIMEOUT", "REDIS_SOCKET_TIMEOUT")
+
+QUOTA_SETTINGS = ("MAX_MODELS_PER_USER", "MAX_PENDING_IDENTIFIERS", "MAX_IDENTIFIER_BYTES")
 
 _BOOLEAN_WORDS = {
     "1": True, "true": True, "yes": True, "on": True,
@@ -82,6 +124,8 @@ _BOOLEAN_WORDS = {
 
 # Settings whose default is None but which hold a list (read from the environment as one).
 LIST_SETTINGS = ("AUTHENTICATED_VIEWS",)
+# Settings with a default that can be turned off from the environment ("none", "off").
+NULLABLE_SETTINGS = ("AUTH_FAILURE_RATE_LIMIT",)
 
 
 class SettingError(ValueError):
@@ -104,9 +148,14 @@ def _parse_env(name: str, raw: str) -> Any:
             return int(text)
         except ValueError:
             raise SettingError(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
     if isinstance(default, list) or name in LIST_SETTINGS:
         return [part.strip() for part in text.split(",") if part.strip()]
-    if default is None and text.lower() in ("", "none", "null"):
+    if (default is None or name in NULLABLE_SETTINGS) and text.lower() in ("", "none", "null", "off"):
         return None
     return text
 
@@ -186,10 +235,54 @@ class RiverSettings:
         if views is not None and (not isinstance(views, (list, tuple)) or not all(isinstance(v, str) for v in views)):
             found.append(f"AUTHENTICATED_VIEWS must be None or a list of route names, not {views!r}")
         found.extend(_rate_problems(self.VIEW_RATE_LIMIT))
+        failure_limit = self.AUTH_FAILURE_RATE_LIMIT
+        if failure_limit is not None and not isinstance(failure_limit, str):
+            found.append(f"AUTH_FAILURE_RATE_LIMIT must be one rate ('10/minute') or None, not {failure_limit!r}")
+        found.extend(_rate_problems(failure_limit, "AUTH_FAILURE_RATE_LIMIT"))
+        proxies = self.NUM_PROXIES
+        if not isinstance(proxies, int) or isinstance(proxies, bool) or proxies < 0:
+            found.append(f"NUM_PROXIES must be a whole number of at least 0, not {proxies!r}")
+        if self.THROTTLE_CACHE not in django_settings.CACHES:
+            found.append(f"THROTTLE_CACHE is {self.THROTTLE_CACHE!r}, which is not a cache in CACHES")
+        found.extend(_quota_problems(self))
+        found.extend(_timeout_problems(self))
+        found.extend(_sandbox_problems(self))
         return found
 
 
-def _rate_problems(limit: Any) -> list[str]:
+def _quota_problems(values: RiverSettings) -> list[str]:
+    problems = []
+    for name in QUOTA_SETTINGS:
+        value = getattr(values, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{name} must be a whole number of at least 1, not {value!r}")
+    return problems
+
+
+def _sandbox_problems(values: RiverSettings) -> list[str]:
+    problems = []
+    for name in SANDBOX_SETTINGS:
+        value = getattr(values, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{name} must be a whole number of at least 1, not {value!r}")
+    for name, low in (("TRIAL_SECONDS", 0), ("CALL_TIME_LIMIT_SECONDS", -1)):
+        value = getattr(values, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value < math.inf:
+            problems.append(f"{name} must be a number of seconds {'above' if low == 0 else 'of at least'} 0, "
+                            f"not {value!r}")
+    return problems
+
+
+def _timeout_problems(values: RiverSettings) -> list[str]:
+    problems = []
+    for name in REDIS_TIMEOUT_SETTINGS:
+        value = getattr(values, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            problems.append(f"{name} must be a number of seconds above 0, not {value!r}")
+    return problems
+
+
+def _rate_problems(limit: Any, name: str = "VIEW_RATE_LIMIT") -> list[str]:
     rates = limit.values() if isinstance(limit, dict) else [limit]
     problems = []
     for rate in rates:
@@ -197,7 +290,7 @@ def _rate_problems(limit: Any) -> list[str]:
             continue
         number, _, period = str(rate).partition("/")
         if not number.isdigit() or not period or period[0] not in "smhd":
-            problems.append(f"VIEW_RATE_LIMIT rate {rate!r} must look like '100/minute' (per second, minute, hour, day)")
+            problems.append(f"{name} rate {rate!r} must look like '100/minute' (per second, minute, hour, day)")
     return problems
 
 

@@ -22,10 +22,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from django_river_ml.exceptions import ModelFailed, ModelNotFound
+from django_river_ml.exceptions import ModelFailed, ModelNotFound, ModelTooLarge
 from django_river_ml.flavors import Flavor, get_flavor
 from django_river_ml.settings import river_settings
 from django_river_ml.storage import ModelInfo, Store, get_store
+from django_river_ml.timelimit import TimeLimitExceeded, run_limited
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +107,17 @@ class ModelRegistry:
 
     # Writing ---------------------------------------------------------------
 
-    def create(self, name: str, flavor: Flavor, model: Any) -> None:
+    def create(self, name: str, flavor: Flavor, model: Any, **options: Any) -> str:
+        """Store a new incarnation; ``options`` (access, expect, max_owned) go to ``Store.create_model``."""
         incarnation = new_incarnation()
-        snapshot = dump_state(model, flavor.make_metrics())
-        self.store.create_model(name, flavor.name, incarnation, snapshot)
+        snapshot = dump_state(model, flavor.make_metrics(model))
+        limit = river_settings.MAX_MODEL_BYTES
+        if len(snapshot) > limit:
+            raise ModelTooLarge(f"The model is {len(snapshot)} bytes as stored, more than MAX_MODEL_BYTES ({limit}) "
+                                "allows.")
+        outcome = self.store.create_model(name, flavor.name, incarnation, snapshot, **options)
         self.forget(name)
+        return outcome
 
     def append(self, name: str, make_entry: Callable[[Flavor], dict]) -> tuple[int, Outcome]:
         """Append an entry built for the model's flavor, then apply it here.
@@ -140,6 +147,8 @@ class ModelRegistry:
                     self._snapshot(replica)
             if outcome.error is not None:
                 error = outcome.error
+                if isinstance(error, TimeLimitExceeded):
+                    raise ModelFailed(f"The model stopped on this input: {error}; it was left unchanged.")
                 raise ModelFailed(
                     f"The model raised on this input ({type(error).__name__}: {error}); it was left unchanged."
                 )
@@ -189,6 +198,9 @@ class ModelRegistry:
                     prediction = self._apply(replica, pickle.loads(entry.data))  # noqa: S301 - our log
                 except Exception as error:  # the model raised: reject everywhere, rebuild here
                     logger.info("Model %s rejected entry %s: %r", replica.name, entry.seq, error)
+                    # Half-applied until rebuilt: if the store fails before that, the next advance
+                    # finds no entry after -1 and starts from a snapshot.
+                    replica.seq = -1
                     self.store.reject(replica.incarnation, entry.seq)
                     if entry.seq == watch:
                         outcome.error = error
@@ -207,15 +219,16 @@ class ModelRegistry:
         change when they predict, so every replica changes alike.
         """
         flavor, features, target = replica.flavor, entry["x"], entry.get("y")
+        limit = river_settings.CALL_TIME_LIMIT_SECONDS
         if entry.get("op") == "predict":
-            return flavor.predict(replica.model, dict(features))
+            return run_limited(limit, flavor.predict, replica.model, dict(features))
         prediction = None
         if "p" in entry:
             prediction = entry["p"]
         elif replica.metrics and target is not None:
-            prediction = flavor.predict(replica.model, dict(features))
+            prediction = run_limited(limit, flavor.predict, replica.model, dict(features))
         flavor.update_metrics(replica.metrics, target, prediction)
-        flavor.learn(replica.model, dict(features), target)
+        run_limited(limit, flavor.learn, replica.model, dict(features), target)
         return prediction
 
     def _snapshot(self, replica: Replica) -> None:

@@ -30,6 +30,8 @@ routes = [
     path(f"{prefix}models/", views.ModelsView.as_view(), name="models"),
     path(f"{prefix}model/", views.ModelDeleteView.as_view(), name="model_delete"),
     path(f"{prefix}model/download/<str:name>/", views.ModelDownloadView.as_view(), name="model_download"),
+    # Before model_upload, which would take "access" for a flavor (as "download" above).
+    path(f"{prefix}model/access/<str:name>/", views.ModelAccessView.as_view(), name="model_access"),
     path(f"{prefix}model/<str:name>/", views.ModelView.as_view(), name="model"),
     path(f"{prefix}model/<str:flavor>/<str:name>/", views.ModelUploadView.as_view(), name="model_upload"),
     # The OpenAPI schema of the routes above, and Swagger UI for it.

@@ -70,6 +70,17 @@ def redis_url(tmp_path_factory):
         process.wait(10)
 
 
+@pytest.fixture(autouse=True)
+def private_throttle_cache(settings):
+    """Every test counts rate limits and failed authentications from zero, in this process only
+    (the example site's file cache is shared by every process using its data directory)."""
+    from django.core.cache import caches
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": "tests"}}
+    caches["default"].clear()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request, settings, tmp_path):
     """Run the test once per storage backend, each with an empty store."""

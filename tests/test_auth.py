@@ -28,13 +28,13 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def secured(api, settings):
-    """Authentication on (the default), with a model to protect and a user with an API token."""
+    """Authentication on (the default), with a user with an API token and a model of hers to protect."""
     from django_river_ml.client import DjangoClient
 
     settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "DISABLE_AUTHENTICATION": False}
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, for tests only
-    DjangoClient().upload_model(make_model("regression"), "regression", "secret-model")
     user = User.objects.create_user("ada", password="lovelace")
+    DjangoClient(user=user).upload_model(make_model("regression"), "regression", "secret-model")
     return user, Token.objects.get(user=user).key
 
 

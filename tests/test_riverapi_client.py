@@ -24,8 +24,10 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 import riverapi
 from flavored_models import EXPECTED_METRICS, FLAVORS, MODEL_JSON_STEPS, examples, make_model
@@ -467,6 +469,7 @@ class TokenServer:
         self.issued: list[str] = []
         self.valid: set[str] = set()
         self.server: FakeServer | None = None
+        self.realm: str | None = None  # None: the server's own <url>/api/auth/token
 
     def respond(self, handler, body):
         url = self.server.url
@@ -480,7 +483,7 @@ class TokenServer:
             self.valid.add(token)
             return 200, {}, {"token": token, "expires_in": 600, "issued_at": 0}
         if authorization.removeprefix("Bearer ") not in self.valid:
-            challenge = f'Bearer realm="{url}/api/auth/token",service="{url}"'
+            challenge = f'Bearer realm="{self.realm or url + "/api/auth/token"}",service="{url}"'
             return 401, {"Www-Authenticate": challenge}, {"message": "Authentication required."}
         if handler.command == "POST":
             return 201, {}, {"received": json.loads(body)}
@@ -570,6 +573,88 @@ def test_protocol_a_401_without_a_challenge_is_an_authentication_error():
         with pytest.raises(AuthenticationError, match="No."):
             Client(server.url, quiet=True, user="u", token="t").models()
         assert len(server.requests) == 1
+
+
+def challenging(realm: str):
+    """A server that answers every call 401 with ``realm``."""
+    return answering((401, {"Www-Authenticate": f'Bearer realm="{realm}",service="x"'}, {"message": "Log in."}))
+
+
+def test_protocol_a_realm_on_another_port_gets_no_credentials():
+    """A challenge is the server's word: it must not send the API token to another server."""
+    with fake_server(answering((200, {}, {"token": "stolen"}))) as collector:
+        with fake_server(challenging(f"{collector.url}/api/auth/token")) as server:
+            with pytest.raises(AuthenticationError, match="another origin") as caught:
+                Client(server.url, quiet=True, user="ada", token="api-token").models()
+            assert caught.value.status_code is None
+            assert server.paths() == [("GET", "/api/models/")]
+        assert collector.requests == []
+
+
+def challenging_itself(realm_template: str):
+    """A server that answers every call 401 with a realm made from its own port."""
+    def respond(handler, body):
+        realm = realm_template.format(port=handler.server.server_address[1])
+        return 401, {"Www-Authenticate": f'Bearer realm="{realm}",service="x"'}, {"message": "Log in."}
+
+    return respond
+
+
+def test_protocol_a_realm_with_another_scheme_gets_no_credentials():
+    """The same host and port, but https: another origin (the token must not go where the user did not say)."""
+    with fake_server(challenging_itself("https://127.0.0.1:{port}/api/auth/token")) as server:
+        with pytest.raises(AuthenticationError, match="another origin"):
+            Client(server.url, quiet=True, user="ada", token="api-token").models()
+        assert server.paths() == [("GET", "/api/models/")]
+
+
+class LoopbackOnlySession(requests.Session):
+    """Sends only to 127.0.0.1; any other host is recorded and refused here, before any packet leaves."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused: list[str] = []
+
+    def request(self, method, url, *args, **kwargs):
+        if urlsplit(url).hostname != "127.0.0.1":
+            self.refused.append(url)
+            raise requests.ConnectionError(f"test: not sending to {url}")
+        return super().request(method, url, *args, **kwargs)
+
+
+@pytest.mark.parametrize("realm", ["http://ml.example.com:{port}/api/auth/token",
+                                   "http://ml.example.com/api/auth/token",
+                                   "https://ml.example.com/api/auth/token"])
+def test_protocol_a_realm_on_another_host_gets_no_credentials(realm):
+    session = LoopbackOnlySession()
+    with fake_server(challenging_itself(realm)) as server:
+        with pytest.raises(AuthenticationError, match="another origin"):
+            Client(server.url, quiet=True, user="ada", token="api-token", session=session).models()
+        assert server.paths() == [("GET", "/api/models/")]
+    assert session.refused == []
+
+
+def test_protocol_the_realm_may_spell_the_servers_origin_differently():
+    """Letter case of the scheme does not make another origin."""
+    with token_server() as (tokens, server):
+        tokens.realm = server.url.replace("http://", "HTTP://") + "/api/auth/token"
+        client = Client(server.url + "/", quiet=True, user=TokenServer.USER, token=TokenServer.API_TOKEN)
+        assert client.models() == {"models": ["secret-model"]}
+        assert tokens.issued == ["jwt-1"]
+
+
+def test_protocol_a_redirect_from_the_realm_carries_no_credentials_elsewhere():
+    with fake_server(answering((200, {}, {"token": "stolen"}))) as collector:
+        def respond(handler, body):
+            if handler.path.startswith("/api/auth/token"):
+                return 302, {"Location": f"{collector.url}/api/auth/token/"}, b""
+            return 401, {"Www-Authenticate": f'Bearer realm="{server.url}/api/auth/token"'}, {"message": "Log in."}
+
+        with fake_server(respond) as server:
+            with pytest.raises(AuthenticationError):
+                Client(server.url, quiet=True, user="ada", token="api-token").models()
+            assert "Authorization" in server.requests[1]["headers"]  # the server's own realm: yes
+        assert collector.requests and all("Authorization" not in r["headers"] for r in collector.requests)
 
 
 # -- the token flow against the real server (authentication switched on) --------------------

@@ -13,9 +13,9 @@ import threading
 from django.core.signals import setting_changed
 
 from django_river_ml.settings import river_settings
-from django_river_ml.storage.base import CallStats, LogEntry, ModelInfo, Store
+from django_river_ml.storage.base import Access, CallStats, LogEntry, ModelInfo, Store
 
-__all__ = ["CallStats", "LogEntry", "ModelInfo", "Store", "get_store", "make_store", "reset_store"]
+__all__ = ["Access", "CallStats", "LogEntry", "ModelInfo", "Store", "get_store", "make_store", "reset_store"]
 
 _lock = threading.Lock()
 _store: Store | None = None

@@ -7,6 +7,12 @@ the model's *incarnation* (a uuid made at upload), so an entry appended for a
 model that was deleted or replaced meanwhile is refused instead of landing
 in its successor.
 
+A model's :class:`Access` (owner, users and groups it is shared with) lives
+with it, so every worker and host sees the same and deleting the model removes
+it. Writes that decide who owns what are compare-and-set (``expect``,
+``incarnation``) and count the owner's models in the same step, so two
+uploads racing for one name or one quota cannot both win.
+
 Values are opaque bytes; pickling is the caller's business.
 """
 
@@ -16,6 +22,28 @@ import abc
 from dataclasses import dataclass
 
 
+#: ``create_model(expect=ANY)`` replaces whatever model has the name (or none).
+ANY = "*"
+
+#: Outcomes of the writes that decide who owns what.
+OK = "ok"
+CONFLICT = "conflict"  # the model is not the one expected (created, replaced or deleted meanwhile)
+OVER_QUOTA = "over_quota"  # the owner already owns ``max_owned`` models
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use a model: its owner and the users and groups it is shared with (primary keys, as strings).
+
+    No owner: a model uploaded by server code or with authentication disabled; only
+    full-access callers (server code, staff) reach it while authentication is on.
+    """
+
+    owner: str | None = None
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -23,6 +51,7 @@ class ModelInfo:
     incarnation: str
     head: int  # sequence number of the newest log entry (0: none yet)
     created: float
+    access: Access = Access()
 
 
 @dataclass(frozen=True)
@@ -48,8 +77,15 @@ class Store(abc.ABC):
     # Models ----------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_model(self, name: str, flavor: str, incarnation: str, snapshot: bytes) -> None:
-        """Store a new model (snapshot at sequence 0), replacing any model of that name."""
+    def create_model(self, name: str, flavor: str, incarnation: str, snapshot: bytes, access: Access = Access(),
+                     expect: str | None = ANY, max_owned: int | None = None) -> str:
+        """Store a new model (snapshot at sequence 0) with its access, replacing the model of that name.
+
+        ``expect`` makes it a compare-and-set: None, only if no model has the name;
+        an incarnation, only if that is the current one (else CONFLICT). With
+        ``max_owned``, OVER_QUOTA when the owner already owns that many models
+        besides this name. Returns OK when stored.
+        """
 
     @abc.abstractmethod
     def model_info(self, name: str) -> ModelInfo | None:
@@ -59,9 +95,27 @@ class Store(abc.ABC):
     def model_names(self) -> list[str]:
         """Every model's name, sorted."""
 
+    def model_infos(self) -> list[ModelInfo]:
+        """Every model's info, sorted by name (for listings filtered by access)."""
+        return [info for info in map(self.model_info, self.model_names()) if info is not None]
+
     @abc.abstractmethod
-    def delete_model(self, name: str) -> bool:
-        """Remove the model with its log, snapshots, identifiers and stats; False if absent."""
+    def owned_count(self, owner: str) -> int:
+        """How many models ``owner`` owns."""
+
+    @abc.abstractmethod
+    def set_access(self, name: str, incarnation: str, access: Access, max_owned: int | None = None) -> str:
+        """Replace the model's access if ``incarnation`` is current (else CONFLICT).
+
+        A new owner must own fewer than ``max_owned`` models (else OVER_QUOTA). Returns OK when stored.
+        """
+
+    @abc.abstractmethod
+    def delete_model(self, name: str, incarnation: str | None = None) -> bool:
+        """Remove the model with its log, snapshots, identifiers, stats and access; False if absent.
+
+        With ``incarnation``, only that incarnation (False if the name now holds another).
+        """
 
     # Log -------------------------------------------------------------------
 
@@ -90,8 +144,14 @@ class Store(abc.ABC):
     # Identifiers -----------------------------------------------------------
 
     @abc.abstractmethod
-    def put_identifier(self, name: str, identifier: str, record: bytes, ttl_seconds: int) -> None:
-        """Remember a prediction for a later label; forgotten after ``ttl_seconds``."""
+    def put_identifier(self, name: str, identifier: str, record: bytes, ttl_seconds: int,
+                       max_pending: int | None = None) -> bool:
+        """Remember a prediction for a later label, forgotten after ``ttl_seconds``; False if one is pending.
+
+        Atomic insert-if-absent-or-expired: a pending record is never replaced
+        (someone else's label would learn the newcomer's features). Beyond
+        ``max_pending`` records for the model, the oldest are evicted.
+        """
 
     @abc.abstractmethod
     def pop_identifier(self, name: str, identifier: str) -> bytes | None:

@@ -6,10 +6,17 @@ fall back to ``dbm.dumb``, which rewrites its whole index on every close, so
 appends get slower with every key (see the design notes). SQLite in WAL mode
 gives flat, transactional appends and real locking between processes: every
 write runs in ``BEGIN IMMEDIATE``, readers see committed data only.
+
+A model's access is three columns of its row (owner, and the users and groups
+it is shared with as JSON lists of primary keys). Pending identifiers are
+counted per model in ``identifier_counts``, kept in the same transactions, so
+evicting the oldest beyond a limit never scans them all. Files written before
+these existed are brought up to date when opened.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -17,7 +24,17 @@ import time
 from pathlib import Path
 
 from django_river_ml.exceptions import StorageUnavailable
-from django_river_ml.storage.base import CallStats, LogEntry, ModelInfo, Store
+from django_river_ml.storage.base import (
+    ANY,
+    CONFLICT,
+    OK,
+    OVER_QUOTA,
+    Access,
+    CallStats,
+    LogEntry,
+    ModelInfo,
+    Store,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -25,7 +42,10 @@ CREATE TABLE IF NOT EXISTS models (
     flavor TEXT NOT NULL,
     incarnation TEXT NOT NULL UNIQUE,
     head INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    owner TEXT,
+    shared_users TEXT NOT NULL DEFAULT '[]',
+    shared_groups TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS log (
     incarnation TEXT NOT NULL,
@@ -48,6 +68,7 @@ CREATE TABLE IF NOT EXISTS identifiers (
     PRIMARY KEY (name, identifier)
 );
 CREATE INDEX IF NOT EXISTS identifiers_expiry ON identifiers (expires);
+CREATE INDEX IF NOT EXISTS identifiers_age ON identifiers (name, expires);
 CREATE TABLE IF NOT EXISTS call_stats (
     name TEXT NOT NULL,
     operation TEXT NOT NULL,
@@ -57,6 +78,21 @@ CREATE TABLE IF NOT EXISTS call_stats (
     PRIMARY KEY (name, operation)
 );
 """
+
+# Added after the first release: created (and filled in) when an older file is opened.
+UPGRADES = """
+CREATE INDEX IF NOT EXISTS models_owner ON models (owner);
+CREATE TABLE IF NOT EXISTS identifier_counts (
+    name TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
+);
+"""
+ACCESS_COLUMNS = (
+    ("owner", "TEXT"),
+    ("shared_users", "TEXT NOT NULL DEFAULT '[]'"),
+    ("shared_groups", "TEXT NOT NULL DEFAULT '[]'"),
+)
+MODEL_COLUMNS = "name, flavor, incarnation, head, created, owner, shared_users, shared_groups"
 
 # Expired identifiers are swept on one insert in this many.
 SWEEP_EVERY = 256
@@ -91,6 +127,7 @@ class ShelveStore(Store):
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(SCHEMA)
+            _upgrade(connection)
         except (sqlite3.Error, OSError) as error:
             raise StorageUnavailable(f"Cannot open the model store at {self.path}: {error}") from None
         return connection
@@ -106,32 +143,62 @@ class ShelveStore(Store):
 
     # Models
 
-    def create_model(self, name, flavor, incarnation, snapshot):
+    def create_model(self, name, flavor, incarnation, snapshot, access=Access(), expect=ANY, max_owned=None):
         with self._write() as db:
+            row = db.execute("SELECT incarnation, owner FROM models WHERE name = ?", (name,)).fetchone()
+            if expect != ANY and (row[0] if row else None) != expect:
+                return CONFLICT
+            if max_owned and access.owner is not None and (row is None or row[1] != access.owner) \
+                    and _owned_count(db, access.owner) >= max_owned:
+                return OVER_QUOTA
             self._delete(db, name)
             db.execute(
-                "INSERT INTO models (name, flavor, incarnation, head, created) VALUES (?, ?, ?, 0, ?)",
-                (name, flavor, incarnation, time.time()),
+                f"INSERT INTO models ({MODEL_COLUMNS}) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",  # noqa: S608 - fixed columns
+                (name, flavor, incarnation, time.time(), *_access_columns(access)),
             )
             db.execute("INSERT INTO snapshots (incarnation, seq, data) VALUES (?, 0, ?)", (incarnation, snapshot))
+        return OK
 
     def model_info(self, name):
-        row = self.db.execute(
-            "SELECT name, flavor, incarnation, head, created FROM models WHERE name = ?", (name,)
-        ).fetchone()
-        return ModelInfo(*row) if row else None
+        row = self.db.execute(f"SELECT {MODEL_COLUMNS} FROM models WHERE name = ?", (name,)).fetchone()  # noqa: S608
+        return _model_info(row) if row else None
 
     def model_names(self):
         return [row[0] for row in self.db.execute("SELECT name FROM models ORDER BY name")]
 
-    def delete_model(self, name):
+    def model_infos(self):
+        rows = self.db.execute(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY name")  # noqa: S608 - fixed columns
+        return [_model_info(row) for row in rows]
+
+    def owned_count(self, owner):
+        return _owned_count(self.db, owner)
+
+    def set_access(self, name, incarnation, access, max_owned=None):
         with self._write() as db:
+            row = db.execute("SELECT owner FROM models WHERE name = ? AND incarnation = ?",
+                             (name, incarnation)).fetchone()
+            if row is None:
+                return CONFLICT
+            if max_owned and access.owner is not None and access.owner != row[0] \
+                    and _owned_count(db, access.owner) >= max_owned:
+                return OVER_QUOTA
+            db.execute("UPDATE models SET owner = ?, shared_users = ?, shared_groups = ? WHERE name = ?",
+                       (*_access_columns(access), name))
+        return OK
+
+    def delete_model(self, name, incarnation=None):
+        with self._write() as db:
+            if incarnation is not None and db.execute(
+                "SELECT 1 FROM models WHERE name = ? AND incarnation = ?", (name, incarnation)
+            ).fetchone() is None:
+                return False
             return self._delete(db, name)
 
     @staticmethod
     def _delete(db: sqlite3.Connection, name: str) -> bool:
         row = db.execute("SELECT incarnation FROM models WHERE name = ?", (name,)).fetchone()
         db.execute("DELETE FROM identifiers WHERE name = ?", (name,))
+        db.execute("DELETE FROM identifier_counts WHERE name = ?", (name,))
         db.execute("DELETE FROM call_stats WHERE name = ?", (name,))
         if row is None:
             return False
@@ -191,16 +258,38 @@ class ShelveStore(Store):
 
     # Identifiers
 
-    def put_identifier(self, name, identifier, record, ttl_seconds):
+    def put_identifier(self, name, identifier, record, ttl_seconds, max_pending=None):
         now = time.time()
         with self._write() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO identifiers (name, identifier, expires, record) VALUES (?, ?, ?, ?)",
-                (name, identifier, now + ttl_seconds, record),
-            )
+            row = db.execute("SELECT expires FROM identifiers WHERE name = ? AND identifier = ?",
+                             (name, identifier)).fetchone()
+            if row is not None and row[0] > now:
+                return False  # pending: never replaced
+            if row is not None:  # expired, not swept yet: it takes its place (and its count)
+                db.execute("UPDATE identifiers SET expires = ?, record = ? WHERE name = ? AND identifier = ?",
+                           (now + ttl_seconds, record, name, identifier))
+            else:
+                db.execute("INSERT INTO identifiers (name, identifier, expires, record) VALUES (?, ?, ?, ?)",
+                           (name, identifier, now + ttl_seconds, record))
+                count = db.execute(
+                    """
+                    INSERT INTO identifier_counts (name, n) VALUES (?, 1)
+                    ON CONFLICT (name) DO UPDATE SET n = n + 1 RETURNING n
+                    """, (name,),
+                ).fetchone()[0]
+                if max_pending and count > max_pending:  # the oldest (the soonest to expire) go
+                    db.execute(
+                        """
+                        DELETE FROM identifiers WHERE rowid IN (
+                            SELECT rowid FROM identifiers WHERE name = ? ORDER BY expires LIMIT ?)
+                        """, (name, count - max_pending),
+                    )
+                    db.execute("UPDATE identifier_counts SET n = ? WHERE name = ?", (max_pending, name))
             self._inserts += 1
             if self._inserts % SWEEP_EVERY == 0:
-                db.execute("DELETE FROM identifiers WHERE expires <= ?", (now,))
+                swept = db.execute("DELETE FROM identifiers WHERE expires <= ? RETURNING name", (now,)).fetchall()
+                _uncount(db, [swept_name for (swept_name,) in swept])
+        return True
 
     def pop_identifier(self, name, identifier):
         with self._write() as db:
@@ -208,6 +297,8 @@ class ShelveStore(Store):
                 "DELETE FROM identifiers WHERE name = ? AND identifier = ? RETURNING record, expires",
                 (name, identifier),
             ).fetchone()
+            if row is not None:
+                _uncount(db, [name])
         if row is None or row[1] <= time.time():
             return None
         return row[0]
@@ -233,8 +324,54 @@ class ShelveStore(Store):
 
     def flush(self):
         with self._write() as db:
-            for table in ("models", "log", "snapshots", "identifiers", "call_stats"):
+            for table in ("models", "log", "snapshots", "identifiers", "identifier_counts", "call_stats"):
                 db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+
+
+def _access_columns(access: Access) -> tuple:
+    return access.owner, json.dumps(list(access.users)), json.dumps(list(access.groups))
+
+
+def _model_info(row: tuple) -> ModelInfo:
+    *fields, owner, users, groups = row
+    return ModelInfo(*fields, access=Access(owner, tuple(json.loads(users)), tuple(json.loads(groups))))
+
+
+def _owned_count(db: sqlite3.Connection, owner: str) -> int:
+    return db.execute("SELECT COUNT(*) FROM models WHERE owner = ?", (owner,)).fetchone()[0]
+
+
+def _uncount(db: sqlite3.Connection, names: list[str]) -> None:
+    """Count removed identifiers out (never below zero)."""
+    removed: dict[str, int] = {}
+    for name in names:
+        removed[name] = removed.get(name, 0) + 1
+    db.executemany("UPDATE identifier_counts SET n = MAX(n - ?, 0) WHERE name = ?",
+                   [(n, name) for name, n in removed.items()])
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a file written by an older release up to date: access columns, identifier counts."""
+
+    def missing() -> tuple[list, bool]:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(models)")}
+        counted = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'identifier_counts'"
+        ).fetchone()
+        return [(c, kind) for c, kind in ACCESS_COLUMNS if c not in columns], counted is None
+
+    columns, uncounted = missing()
+    if not columns and not uncounted:
+        return
+    with _Transaction(db):
+        columns, uncounted = missing()  # another process may have done it meanwhile
+        for column, kind in columns:
+            db.execute(f"ALTER TABLE models ADD COLUMN {column} {kind}")
+        for statement in UPGRADES.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        if uncounted:
+            db.execute("INSERT INTO identifier_counts (name, n) SELECT name, COUNT(*) FROM identifiers GROUP BY name")
 
 
 class _Transaction:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+from functools import cached_property
 
 from django.conf import settings as django_settings
 from django.http import HttpResponse
 from rest_framework import parsers
-from rest_framework.exceptions import NotFound, ParseError
+from rest_framework.exceptions import NotAuthenticated, NotFound, ParseError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -22,10 +23,11 @@ from django_river_ml.auth import (
     IsAuthenticatedWhereRequired,
     RouteRateThrottle,
     SessionAuthentication,
+    authentication_required,
     issue_jwt,
 )
 from django_river_ml.client import DjangoClient
-from django_river_ml.exceptions import InvalidInput, PayloadTooLarge
+from django_river_ml.exceptions import AuthenticationRequired, InvalidInput, PayloadTooLarge
 from django_river_ml.settings import river_settings
 from django_river_ml.views.errors import exception_handler
 
@@ -69,12 +71,20 @@ class RiverAPIView(APIView):
     parser_classes = [JSONParser, FormParser]
     schema = openapi.RiverAutoSchema()
 
-    @property
+    @cached_property
     def client(self) -> DjangoClient:
-        return DjangoClient()
+        """Full access with authentication disabled; else the caller (on a route left open, every model is public)."""
+        if river_settings.DISABLE_AUTHENTICATION:
+            return DjangoClient()
+        return DjangoClient(user=self.request.user, public=not authentication_required(self.request))
 
     def get_exception_handler(self):
         return exception_handler
+
+    def handle_exception(self, exc):
+        if isinstance(exc, AuthenticationRequired):  # DRF adds the WWW-Authenticate challenge clients follow
+            exc = NotAuthenticated(exc.message)
+        return super().handle_exception(exc)
 
     def get_authenticators(self):
         # With authentication off, no credential is even looked at (no user database needed).
@@ -205,6 +215,20 @@ class NotFoundView(RiverAPIView):
         if not request.path.endswith("/"):
             message += f" River API routes end with a slash: {request.path}/"
         raise NotFound(message)
+
+
+class ModelAccessView(RiverAPIView):
+    """``/model/access/<name>/``: who owns the model and whom it is shared with (its owner and staff)."""
+
+    @openapi.get_access
+    def get(self, request, name):
+        return Response(self.client.get_access(name))
+
+    @openapi.set_access
+    def put(self, request, name):
+        data = self.validated(serializers.AccessSerializer)
+        return Response(self.client.set_access(name, owner=data.get("owner"), users=data.get("users"),
+                                               groups=data.get("groups")))
 
 
 class ModelDownloadView(RiverAPIView):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
-from django_river_ml.exceptions import RiverMLError
+from django_river_ml.exceptions import RiverMLError, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,13 @@ def flatten_detail(detail) -> str:
 
 def exception_handler(exc, context):
     """DRF exception handler for the River API views."""
+    if isinstance(exc, redis.exceptions.RedisError):  # Redis used outside the store: a cache, a throttle
+        logger.warning("Redis failed in %s: %r", context.get("view").__class__.__name__, exc)
+        exc = StorageUnavailable("The server's Redis cannot be reached or did not answer in time.")
     if isinstance(exc, RiverMLError):
-        return Response({"message": exc.message}, status=exc.status_code)
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return Response({"message": exc.message}, status=exc.status_code, headers=headers)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound(str(exc) or None)
     elif isinstance(exc, PermissionDenied):

@@ -1,15 +1,22 @@
 """Settings of the example site used by the demo, the docs and the tests.
 
 Every DJANGO_RIVER_ML value can be overridden with an environment variable
-DJANGO_RIVER_ML_<NAME>, e.g. DJANGO_RIVER_ML_STORAGE_BACKEND=redis.
+DJANGO_RIVER_ML_<NAME>, e.g. DJANGO_RIVER_ML_STORAGE_BACKEND=redis. The site's own:
+DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_DATABASE_PATH.
 """
 
 import os
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+from example_project.secret_key import secret_key
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-insecure-key-change-me")
+BASE_DIR = Path(__file__).resolve().parent.parent
+# The embedded store, the generated secret key and the throttles' cache live here.
+DATA_DIR = Path(os.environ.get("DJANGO_RIVER_ML_DATA_DIR") or BASE_DIR / "river_ml_data")
+
+# Never a key from the repository: DJANGO_SECRET_KEY, else a random one made on first run in
+# DATA_DIR/secret_key (mode 0600) and reused by every worker and restart.
+SECRET_KEY = secret_key(DATA_DIR)
 DEBUG = os.environ.get("DJANGO_DEBUG", "false").lower() in ("1", "true", "yes")
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "testserver"]
 
@@ -56,6 +63,13 @@ DATABASES = {
     }
 }
 
+# Rate limits and failed-authentication counts must be shared by gunicorn's worker processes
+# (Django's default in-memory cache is per process): a file cache serves every process of one host.
+# Serving from several hosts, use Django's Redis cache instead.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": DATA_DIR / "cache"},
+}
+
 STATIC_URL = "static/"
 # Serve app static files straight from the apps (no collectstatic step for the example site).
 WHITENOISE_USE_FINDERS = True
@@ -66,7 +80,7 @@ USE_TZ = True
 # DJANGO_RIVER_ML_DISABLE_AUTHENTICATION=true (or "DISABLE_AUTHENTICATION": True below).
 DJANGO_RIVER_ML = {
     # The embedded store lives here unless DJANGO_RIVER_ML_DATA_DIR says otherwise.
-    "DATA_DIR": BASE_DIR / "river_ml_data",
+    "DATA_DIR": DATA_DIR,
     # The demo's custom-flavor model class may be uploaded as a pickle.
     "ALLOWED_MODEL_MODULES": ["example_project.custom_models"],
 }

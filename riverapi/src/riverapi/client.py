@@ -234,7 +234,7 @@ class Client:
                 f"{response.url} requires a token: export {defaults.USER_ENV} and {defaults.TOKEN_ENV} "
                 "(or pass user= and token= to Client).", status_code=response.status_code, response=response)
         bearer = request_token(self.session, challenge, self.user, self.token, timeout=self.timeout,
-                               headers={"User-Agent": self.headers["User-Agent"]})
+                               headers={"User-Agent": self.headers["User-Agent"]}, server=self.baseurl)
         self.headers["Authorization"] = f"Bearer {bearer}"
         if not self.quiet:
             logger.info("Got a token from %s", challenge.realm)
