@@ -83,6 +83,12 @@ class ModelTooLarge(RiverMLError):
     status_code = 413
 
 
+class ModelFull(RiverMLError):
+    """The model has grown past MAX_MODEL_BYTES while learning: it predicts, but learns no more."""
+
+    status_code = 409
+
+
 class StorageUnavailable(RiverMLError):
     """The store (Redis or the embedded file) cannot be reached or did not answer in time.
 

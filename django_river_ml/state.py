@@ -22,8 +22,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from django_river_ml.exceptions import ModelFailed, ModelNotFound, ModelTooLarge
+from django_river_ml.exceptions import ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
 from django_river_ml.flavors import Flavor, get_flavor
+from django_river_ml.growth import GrowthWatch
 from django_river_ml.settings import river_settings
 from django_river_ml.storage import ModelInfo, Store, get_store
 from django_river_ml.timelimit import TimeLimitExceeded, run_limited
@@ -43,14 +44,17 @@ def pickled(obj: Any) -> bytes:
         return dill.dumps(obj)
 
 
-def dump_state(model: Any, metrics: list) -> bytes:
+def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None) -> bytes:
     """Serialize a model with its metrics (snapshots are written by us, read by us)."""
-    return pickled({"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics})
+    state = {"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics}
+    if growth is not None:
+        state["growth"] = growth.as_dict()
+    return pickled(state)
 
 
-def load_state(data: bytes) -> tuple[Any, list]:
+def load_state(data: bytes) -> tuple[Any, list, dict | None]:
     state = pickle.loads(data)  # noqa: S301 - our own snapshot from the trusted store
-    return state["model"], state["metrics"]
+    return state["model"], state["metrics"], state.get("growth")
 
 
 def new_incarnation() -> str:
@@ -67,6 +71,7 @@ class Replica:
     model: Any
     metrics: list
     seq: int
+    growth: GrowthWatch
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
 
@@ -110,11 +115,13 @@ class ModelRegistry:
     def create(self, name: str, flavor: Flavor, model: Any, **options: Any) -> str:
         """Store a new incarnation; ``options`` (access, expect, max_owned) go to ``Store.create_model``."""
         incarnation = new_incarnation()
-        snapshot = dump_state(model, flavor.make_metrics(model))
+        metrics = flavor.make_metrics(model)
         limit = river_settings.MAX_MODEL_BYTES
-        if len(snapshot) > limit:
-            raise ModelTooLarge(f"The model is {len(snapshot)} bytes as stored, more than MAX_MODEL_BYTES ({limit}) "
-                                "allows.")
+        size = len(dump_state(model, metrics))
+        if size > limit:
+            raise ModelTooLarge(f"The model is {size} bytes as stored, more than MAX_MODEL_BYTES ({limit}) allows.")
+        growth = GrowthWatch.first(size, 0, limit, river_settings.SNAPSHOT_EVERY)
+        snapshot = dump_state(model, metrics, growth)
         outcome = self.store.create_model(name, flavor.name, incarnation, snapshot, **options)
         self.forget(name)
         return outcome
@@ -133,6 +140,8 @@ class ModelRegistry:
                 if info is None:
                     raise ModelNotFound(f"No model named {name!r}.")
                 replica = self._load(info)
+            if replica.growth.full:  # full stays full: refuse before writing to the log
+                raise model_full(replica)
             entry = make_entry(replica.flavor)
             # Holding the replica's lock from the append on, no other thread of this
             # process applies the entry first: its outcome is ours to report.
@@ -147,6 +156,8 @@ class ModelRegistry:
                     self._snapshot(replica)
             if outcome.error is not None:
                 error = outcome.error
+                if isinstance(error, ModelFull):
+                    raise error
                 if isinstance(error, TimeLimitExceeded):
                     raise ModelFailed(f"The model stopped on this input: {error}; it was left unchanged.")
                 raise ModelFailed(
@@ -158,8 +169,8 @@ class ModelRegistry:
     # Internals -------------------------------------------------------------
 
     def _load(self, info: ModelInfo) -> Replica:
-        seq, model, metrics = self._newest_snapshot(info.name, info.incarnation)
-        replica = Replica(info.name, info.incarnation, get_flavor(info.flavor), model, metrics, seq)
+        seq, model, metrics, growth = self._newest_snapshot(info.name, info.incarnation)
+        replica = Replica(info.name, info.incarnation, get_flavor(info.flavor), model, metrics, seq, growth)
         with self._lock:
             current = self._replicas.get(info.name)
             if current is not None and current.incarnation == info.incarnation and current.seq >= seq:
@@ -169,14 +180,16 @@ class ModelRegistry:
 
     def _rebuild(self, replica: Replica) -> None:
         """Reload ``replica`` in place from its newest snapshot (entries are replayed by the caller)."""
-        replica.seq, replica.model, replica.metrics = self._newest_snapshot(replica.name, replica.incarnation)
+        replica.seq, replica.model, replica.metrics, replica.growth = self._newest_snapshot(
+            replica.name, replica.incarnation)
 
-    def _newest_snapshot(self, name: str, incarnation: str) -> tuple[int, Any, list]:
+    def _newest_snapshot(self, name: str, incarnation: str) -> tuple[int, Any, list, GrowthWatch]:
         snapshot = self.store.latest_snapshot(incarnation)
         if snapshot is None:
             raise ModelNotFound(f"No model named {name!r}.")
         seq, data = snapshot
-        return (seq, *load_state(data))
+        model, metrics, growth = load_state(data)
+        return seq, model, metrics, GrowthWatch.from_dict(growth, seq)
 
     def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
         """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``."""
@@ -191,8 +204,17 @@ class ModelRegistry:
                                        or entries[-1].seq != upto or len(entries) != upto - replica.seq):
                 raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
             for entry in entries:
+                if replica.growth.due(entry.seq):
+                    self._measure(replica)
                 if entry.rejected:
                     replica.seq = entry.seq
+                    continue
+                if replica.growth.full and entry.seq > replica.growth.seq and not self._is_predict(entry):
+                    # Every replica measured the same size at the same position: all reject this learn.
+                    self.store.reject(replica.incarnation, entry.seq)
+                    replica.seq = entry.seq
+                    if entry.seq == watch:
+                        outcome.error = model_full(replica)
                     continue
                 try:
                     prediction = self._apply(replica, pickle.loads(entry.data))  # noqa: S301 - our log
@@ -210,6 +232,17 @@ class ModelRegistry:
                 if entry.seq == watch:
                     outcome.prediction = prediction
         return outcome
+
+    @staticmethod
+    def _is_predict(entry) -> bool:
+        return pickle.loads(entry.data).get("op") == "predict"  # noqa: S301 - our log
+
+    @staticmethod
+    def _measure(replica: Replica) -> None:
+        """Measure the model as a snapshot would store it (see :mod:`django_river_ml.growth`)."""
+        size = len(dump_state(replica.model, replica.metrics))
+        replica.growth = replica.growth.measured(size, replica.seq, river_settings.MAX_MODEL_BYTES,
+                                                 river_settings.SNAPSHOT_EVERY)
 
     @staticmethod
     def _apply(replica: Replica, entry: dict) -> Any:
@@ -234,11 +267,20 @@ class ModelRegistry:
     def _snapshot(self, replica: Replica) -> None:
         try:
             self.store.save_snapshot(
-                replica.name, replica.incarnation, replica.seq, dump_state(replica.model, replica.metrics),
+                replica.name, replica.incarnation, replica.seq,
+                dump_state(replica.model, replica.metrics, replica.growth),
                 keep=river_settings.SNAPSHOTS_KEPT,
             )
         except Exception:  # a missed snapshot only lengthens the next replay
             logger.exception("Could not snapshot model %s at %s", replica.name, replica.seq)
+
+
+def model_full(replica: Replica) -> ModelFull:
+    return ModelFull(
+        f"Model {replica.name!r} has reached MAX_MODEL_BYTES ({river_settings.MAX_MODEL_BYTES} bytes; "
+        f"{replica.growth.size} as stored): it still predicts, but learns no more. Upload it again, or a smaller "
+        "model, or raise the limit."
+    )
 
 
 _registry: ModelRegistry | None = None

@@ -164,3 +164,16 @@ class SlowTrial(base.Regressor):
 
     def predict_one(self, x):
         return 0.0
+
+
+class Hoarder(base.Regressor):
+    """Keeps every example it learns: a model that grows without bound."""
+
+    def __init__(self):
+        self.seen = []
+
+    def learn_one(self, x, y):
+        self.seen.append(dict(x))
+
+    def predict_one(self, x):
+        return float(len(self.seen))
