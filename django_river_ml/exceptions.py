@@ -83,6 +83,16 @@ class ModelTooLarge(RiverMLError):
     status_code = 413
 
 
+class ModelBusy(RiverMLError):
+    """This worker could not catch up with the model's log in time (an entry ran long): retry shortly."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 2):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ModelFull(RiverMLError):
     """The model has grown past MAX_MODEL_BYTES while learning: it predicts, but learns no more."""
 

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from django_river_ml.exceptions import ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
+from django_river_ml.exceptions import ModelBusy, ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
 from django_river_ml.flavors import Flavor, get_flavor
 from django_river_ml.growth import GrowthWatch
 from django_river_ml.settings import river_settings
@@ -32,6 +32,11 @@ from django_river_ml.timelimit import TimeLimitExceeded, run_limited
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
+# A worker catching up on another's entry gives it this many times CALL_TIME_LIMIT_SECONDS.
+CATCH_UP_FACTOR = 3
+# How far back (in entries) a snapshot remembers which rejected entries it skipped.
+RETRACT_WINDOW = 100_000
+SKIPPED_KEPT = 10_000
 
 
 def pickled(obj: Any) -> bytes:
@@ -44,17 +49,19 @@ def pickled(obj: Any) -> bytes:
         return dill.dumps(obj)
 
 
-def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None) -> bytes:
+def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None, skipped: dict | None = None) -> bytes:
     """Serialize a model with its metrics (snapshots are written by us, read by us)."""
     state = {"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics}
     if growth is not None:
         state["growth"] = growth.as_dict()
+    if skipped is not None:
+        state["skipped"] = skipped
     return pickled(state)
 
 
-def load_state(data: bytes) -> tuple[Any, list, dict | None]:
+def load_state(data: bytes) -> tuple[Any, list, dict | None, dict | None]:
     state = pickle.loads(data)  # noqa: S301 - our own snapshot from the trusted store
-    return state["model"], state["metrics"], state.get("growth")
+    return state["model"], state["metrics"], state.get("growth"), state.get("skipped")
 
 
 def new_incarnation() -> str:
@@ -72,7 +79,19 @@ class Replica:
     metrics: list
     seq: int
     growth: GrowthWatch
+    # Rejected entries this replica skipped, from ``skipped_from`` on (snapshots carry them): what a
+    # retraction is checked against.
+    skipped: set = field(default_factory=set)
+    skipped_from: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def applied(self, seq: int) -> bool | None:
+        """Whether this replica's state includes entry ``seq`` (None: too old to know)."""
+        if seq > self.seq:
+            return False
+        if seq <= self.skipped_from:
+            return None
+        return seq not in self.skipped
 
 
 @dataclass
@@ -156,6 +175,8 @@ class ModelRegistry:
                     self._snapshot(replica)
             if outcome.error is not None:
                 error = outcome.error
+                if isinstance(error, TimeLimitExceeded):
+                    self._retract(name, replica, seq)
                 if isinstance(error, ModelFull):
                     raise error
                 if isinstance(error, TimeLimitExceeded):
@@ -168,9 +189,22 @@ class ModelRegistry:
 
     # Internals -------------------------------------------------------------
 
+    def _retract(self, name: str, replica: Replica, seq: int) -> None:
+        """Tell every replica that entry ``seq`` is rejected: one that applied it meanwhile rolls back.
+
+        A time limit is the one verdict that is not the same everywhere, so only the
+        worker that appended an entry may reject it for running long; another worker
+        may have finished it first, and this log entry makes it undo that.
+        """
+        try:
+            self.store.append(name, replica.incarnation, pickle.dumps({"op": "retract", "seq": seq}))
+        except Exception:  # the entry is rejected already; a replica that applied it rebuilds at its next snapshot
+            logger.exception("Could not log the retraction of entry %s of model %s", seq, name)
+
     def _load(self, info: ModelInfo) -> Replica:
-        seq, model, metrics, growth = self._newest_snapshot(info.name, info.incarnation)
-        replica = Replica(info.name, info.incarnation, get_flavor(info.flavor), model, metrics, seq, growth)
+        seq, model, metrics, growth, skipped = self._newest_snapshot(info.name, info.incarnation)
+        replica = Replica(info.name, info.incarnation, get_flavor(info.flavor), model, metrics, seq, growth,
+                          *skipped)
         with self._lock:
             current = self._replicas.get(info.name)
             if current is not None and current.incarnation == info.incarnation and current.seq >= seq:
@@ -180,16 +214,17 @@ class ModelRegistry:
 
     def _rebuild(self, replica: Replica) -> None:
         """Reload ``replica`` in place from its newest snapshot (entries are replayed by the caller)."""
-        replica.seq, replica.model, replica.metrics, replica.growth = self._newest_snapshot(
-            replica.name, replica.incarnation)
+        (replica.seq, replica.model, replica.metrics, replica.growth,
+         (replica.skipped, replica.skipped_from)) = self._newest_snapshot(replica.name, replica.incarnation)
 
-    def _newest_snapshot(self, name: str, incarnation: str) -> tuple[int, Any, list, GrowthWatch]:
+    def _newest_snapshot(self, name: str, incarnation: str) -> tuple[int, Any, list, GrowthWatch, tuple]:
         snapshot = self.store.latest_snapshot(incarnation)
         if snapshot is None:
             raise ModelNotFound(f"No model named {name!r}.")
         seq, data = snapshot
-        model, metrics, growth = load_state(data)
-        return seq, model, metrics, GrowthWatch.from_dict(growth, seq)
+        model, metrics, growth, skipped = load_state(data)
+        skipped = skipped or {"seqs": [], "from": seq}
+        return seq, model, metrics, GrowthWatch.from_dict(growth, seq), (set(skipped["seqs"]), skipped["from"])
 
     def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
         """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``."""
@@ -208,16 +243,42 @@ class ModelRegistry:
                     self._measure(replica)
                 if entry.rejected:
                     replica.seq = entry.seq
+                    replica.skipped.add(entry.seq)
                     continue
-                if replica.growth.full and entry.seq > replica.growth.seq and not self._is_predict(entry):
+                data = pickle.loads(entry.data)  # noqa: S301 - our log
+                if data.get("op") == "retract":
+                    if self._undo_if_applied(replica, data["seq"]):
+                        break  # rebuilt from a snapshot without the retracted entry: read on from there
+                    replica.seq = entry.seq
+                    continue
+                if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") != "predict":
                     # Every replica measured the same size at the same position: all reject this learn.
                     self.store.reject(replica.incarnation, entry.seq)
                     replica.seq = entry.seq
+                    replica.skipped.add(entry.seq)
                     if entry.seq == watch:
                         outcome.error = model_full(replica)
                     continue
+                limit = river_settings.CALL_TIME_LIMIT_SECONDS
                 try:
-                    prediction = self._apply(replica, pickle.loads(entry.data))  # noqa: S301 - our log
+                    # Only the worker that appended an entry may reject it for running long (see
+                    # _retract); catching up on others' entries gets more time, and never rejects.
+                    prediction = self._apply(replica, data, limit if entry.seq == watch else limit * CATCH_UP_FACTOR)
+                except TimeLimitExceeded as error:
+                    replica.seq = -1
+                    if entry.seq != watch:
+                        self._rebuild(replica)
+                        if watch is not None:  # our own entry, not reached: ours to judge, and not applied
+                            self.store.reject(replica.incarnation, watch)
+                        raise ModelBusy(
+                            f"Model {replica.name!r} is catching up with an entry that ran longer than "
+                            f"CALL_TIME_LIMIT_SECONDS allows here; try again shortly."
+                        ) from None
+                    logger.info("Model %s rejected entry %s: %s", replica.name, entry.seq, error)
+                    self.store.reject(replica.incarnation, entry.seq)
+                    outcome.error = error
+                    self._rebuild(replica)
+                    break
                 except Exception as error:  # the model raised: reject everywhere, rebuild here
                     logger.info("Model %s rejected entry %s: %r", replica.name, entry.seq, error)
                     # Half-applied until rebuilt: if the store fails before that, the next advance
@@ -231,11 +292,25 @@ class ModelRegistry:
                 replica.seq = entry.seq
                 if entry.seq == watch:
                     outcome.prediction = prediction
+        if len(replica.skipped) > 2 * SKIPPED_KEPT:
+            replica.skipped_from = max(replica.skipped_from, replica.seq - RETRACT_WINDOW)
+            replica.skipped = {seq for seq in replica.skipped if seq > replica.skipped_from}
         return outcome
 
-    @staticmethod
-    def _is_predict(entry) -> bool:
-        return pickle.loads(entry.data).get("op") == "predict"  # noqa: S301 - our log
+    def _undo_if_applied(self, replica: Replica, seq: int) -> bool:
+        """A retraction of entry ``seq``: rebuild without it if this replica had applied it."""
+        applied = replica.applied(seq)
+        if applied is None:
+            logger.error("Model %s: entry %s was retracted after this replica's snapshot forgot whether it "
+                         "applied it; it is kept here.", replica.name, seq)
+        if not applied:
+            return False
+        replica.seq = -1
+        self._rebuild(replica)
+        if replica.applied(seq):  # the newest snapshot holds it (written in the moment before the retraction)
+            logger.error("Model %s: the newest snapshot holds retracted entry %s; it is kept.", replica.name, seq)
+            return False
+        return True
 
     @staticmethod
     def _measure(replica: Replica) -> None:
@@ -245,14 +320,13 @@ class ModelRegistry:
                                                  river_settings.SNAPSHOT_EVERY)
 
     @staticmethod
-    def _apply(replica: Replica, entry: dict) -> Any:
+    def _apply(replica: Replica, entry: dict, limit: float) -> Any:
         """Score the model's prediction (made now unless the entry carries one), then learn.
 
         A ``predict`` entry only predicts: it is logged for flavors whose models
         change when they predict, so every replica changes alike.
         """
         flavor, features, target = replica.flavor, entry["x"], entry.get("y")
-        limit = river_settings.CALL_TIME_LIMIT_SECONDS
         if entry.get("op") == "predict":
             return run_limited(limit, flavor.predict, replica.model, dict(features))
         prediction = None
@@ -264,11 +338,17 @@ class ModelRegistry:
         run_limited(limit, flavor.learn, replica.model, dict(features), target)
         return prediction
 
+    @staticmethod
+    def _skipped_record(replica: Replica) -> dict:
+        """The rejected entries a snapshot skipped, for the last RETRACT_WINDOW entries."""
+        floor = max(replica.skipped_from, replica.seq - RETRACT_WINDOW)
+        return {"seqs": sorted(seq for seq in replica.skipped if seq > floor), "from": floor}
+
     def _snapshot(self, replica: Replica) -> None:
         try:
             self.store.save_snapshot(
                 replica.name, replica.incarnation, replica.seq,
-                dump_state(replica.model, replica.metrics, replica.growth),
+                dump_state(replica.model, replica.metrics, replica.growth, self._skipped_record(replica)),
                 keep=river_settings.SNAPSHOTS_KEPT,
             )
         except Exception:  # a missed snapshot only lengthens the next replay

@@ -169,12 +169,8 @@ def serve(stdin, stdout) -> None:
 
 def main() -> None:
     """Entry point of the zygote process (see :mod:`django_river_ml.sandbox`)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server process
-    except (OSError, AttributeError):
-        pass
+    # No PR_SET_PDEATHSIG here: it fires when the *thread* that started us ends (a prewarm thread).
+    # When the server process dies its end of our stdin closes, and serve() returns.
     import importlib
 
     import numpy  # noqa: F401 - every import a job needs happens here, once: a job is a fork of this
