@@ -66,6 +66,7 @@ MAX_MEMO = 5_000_000
 MAX_MARKS = 1_000
 MAX_KEY_DEPTH = 8
 MAX_CALL_INT = 2**31
+MAX_RUST_CALL_INT = 10_000_000
 
 # Built-in types a pickle may name: as values (``defaultdict(float)``) and, for the small
 # ones, as constructors of plain values (``complex(1, 2)``).
@@ -99,10 +100,10 @@ def _refuse(what: str, prefixes: tuple[str, ...] = ()) -> UnsafeModel:
     )
 
 
-def _check_small(args: Any, what: str) -> None:
+def _check_small(args: Any, what: str, bound: int = MAX_CALL_INT) -> None:
     """Arguments of a call: no number that sizes an allocation (``bytes(10**9)``)."""
     for arg in args if isinstance(args, tuple) else (args,):
-        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_CALL_INT:
+        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > bound:
             raise UnsafeModel(f"The upload calls {what} with the number {arg}, which is too large for a model.")
 
 
@@ -350,6 +351,8 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python 
         if not isinstance(args, tuple) or (kwargs is not None and not isinstance(kwargs, dict)):
             raise UnsafeModel("The upload builds an object with malformed arguments.")
         _check_small(args, full_name(cls))
+        if cls.__module__.startswith("river._river_rust."):  # Rust allocates windows from these up front
+            _check_small(args, full_name(cls), bound=MAX_RUST_CALL_INT)
         return cls.__new__(cls, *args, **(kwargs or {}))
 
     def load_newobj(self) -> None:

@@ -92,7 +92,8 @@ MAX_KEY_DEPTH = 8        # nesting of a dict key or set member
 MAX_EXPANSION = 1000
 MIN_EXPANDED = 1_000_000
 MAX_EXPANDED = 100_000_000
-MAX_CONSTRUCTOR_INT = 2**31  # ints given to constructors (a deque's maxlen, a Rust window size)
+MAX_CONSTRUCTOR_INT = 2**31  # ints given to constructors (a deque's maxlen)
+MAX_RUST_CONSTRUCTOR_INT = 10_000_000  # a Rust window of 10 million floats: 80 MB
 
 NUMERIC_KINDS = "biufc"
 # Built-in types a model may refer to (``defaultdict(float)``): none allocates by its argument's size.
@@ -595,9 +596,14 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 
 def _check_constructor_args(args: list, name: str) -> None:
-    """Constructors get plain, small values: no allocation sized by the data (``bytes(10**9)``)."""
+    """Constructors get plain, small values: no allocation sized by the data (``bytes(10**9)``).
+
+    river's Rust classes allocate their windows up front from these numbers, and a failed
+    allocation in Rust aborts the whole process, so their bound is tighter.
+    """
+    bound = MAX_RUST_CONSTRUCTOR_INT if name.startswith("river._river_rust.") else MAX_CONSTRUCTOR_INT
     for arg in args:
-        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_CONSTRUCTOR_INT:
+        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > bound:
             raise BadModelData(f"{name} in the model data is built with the number {arg}, which is too large.")
 
 

@@ -158,6 +158,14 @@ def test_constructors_get_no_size_from_the_data():
         rebuild(doc(["O", 0, "builtins", "bytes", "call", [300_000_000], None, [], []]))
 
 
+@pytest.mark.parametrize(("name", "args"), [("RsRollingQuantile", [0.5, 2**31 - 1]),
+                                            ("RsRollingIQR", [0.25, 0.75, 2**31 - 1])])
+def test_rust_windows_sized_by_the_data_are_refused_before_rust_allocates(name, args):
+    # A failed allocation in Rust aborts the process (16 GiB for these): the number is refused first.
+    with pytest.raises(BadModelData, match="too large"):
+        rebuild(doc(instance(0, "river._river_rust.stats", name, None, args=args)))
+
+
 def test_rust_state_that_is_not_its_own_is_refused_without_crashing():
     with pytest.raises(BadModelData, match="refused its state"):
         rebuild(doc(instance(0, "river._river_rust.stats", "RsQuantile", ["b", b64(b"\xff" * 64)], args=[0.5])))
