@@ -76,9 +76,16 @@ BUILTIN_METHODS: dict[tuple[type, str], Any] = {
     (random.Random, "normalvariate"): random.Random.normalvariate,
 }
 
-# Plain data types: never a class a model is made of, but values inside one.
-BUILTIN_TYPES: dict[str, type] = {t.__name__: t for t in (
-    int, float, complex, bool, str, bytes, bytearray, tuple, list, dict, set, frozenset, type(None))}
+# Built-in types a model may name as values (``defaultdict(float)``) and call with plain values:
+# none of them allocates by the size of its argument (``bytes`` and ``bytearray`` do, so are absent).
+DATA_TYPES: dict[str, type] = {t.__name__: t for t in (
+    int, float, complex, bool, str, tuple, list, dict, set, frozenset)}
+
+# numpy's random bit generators, by name.
+BIT_GENERATORS = ("MT19937", "PCG64", "PCG64DXSM", "Philox", "SFC64")
+
+# numpy dtype kinds a model's arrays may have: bool, int, uint, float, complex.
+NUMERIC_KINDS = "biufc"
 
 # Classes with their own reducer that builds them by calling the class with data (besides the
 # standard-library ones above): river's holt-winters components are deques with a custom

@@ -44,8 +44,11 @@ from typing import Any
 import numpy as np
 
 from django_river_ml.allowlist import (
+    BIT_GENERATORS,
     BUILTIN_METHODS,
     CALLED_RIVER_CLASSES,
+    DATA_TYPES,
+    NUMERIC_KINDS,
     RIVER_IO_MODULES,
     RIVER_MODULES,
     STDLIB_CLASSES,
@@ -68,22 +71,16 @@ MAX_KEY_DEPTH = 8
 MAX_CALL_INT = 2**31
 MAX_RUST_CALL_INT = 10_000_000
 
-# Built-in types a pickle may name: as values (``defaultdict(float)``) and, for the small
-# ones, as constructors of plain values (``complex(1, 2)``).
-DATA_TYPES = {t.__name__: t for t in (int, float, complex, bool, str, tuple, list, dict, set, frozenset)}
-
 # dill's ``_load_type`` names, by what real river pickles use.
 DILL_TYPES: dict[str, type] = {
     "PartialType": functools.partial,
     "ItemGetterType": operator.itemgetter,
     "MethodType": types.MethodType,
     "NoneType": type(None),
-    **{name: DATA_TYPES[name] for name in ("int", "float", "complex", "bool", "str", "tuple", "list", "dict", "set",
-                                           "frozenset")},
+    **DATA_TYPES,
 }
 
 _NUMPY_CORES = ("numpy.core.multiarray", "numpy._core.multiarray")
-BIT_GENERATORS = ("MT19937", "PCG64", "PCG64DXSM", "Philox", "SFC64")
 
 
 class UnsafeModel(InvalidModel):
@@ -175,7 +172,7 @@ class _Gate:
 
     @staticmethod
     def scalar(dtype: Any, data: Any = None) -> Any:
-        if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or not isinstance(data, bytes) \
+        if not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC_KINDS or not isinstance(data, bytes) \
                 or len(data) != dtype.itemsize:
             raise UnsafeModel("The upload builds a numpy scalar from something other than its bytes.")
         return np.frombuffer(data, dtype=dtype)[0]
@@ -185,7 +182,7 @@ class _Gate:
         if not isinstance(code, str) or len(code) > 8:
             raise UnsafeModel("The upload names a numpy dtype that a model may not use.")
         dtype = np.dtype(code)
-        if dtype.kind not in "biufc":
+        if dtype.kind not in NUMERIC_KINDS:
             raise UnsafeModel(f"The upload names the numpy dtype {dtype}, which a model may not use.")
         return dtype
 
@@ -237,7 +234,7 @@ def _set_array_state(array: np.ndarray, state: Any) -> None:
             and isinstance(state[2], np.dtype) and isinstance(state[4], (bytes, bytearray))):
         raise UnsafeModel("The upload fills a numpy array with something other than its bytes.")
     _, shape, dtype, _, data = state
-    if dtype.kind not in "biufc" or not all(isinstance(n, int) and n >= 0 for n in shape):
+    if dtype.kind not in NUMERIC_KINDS or not all(isinstance(n, int) and n >= 0 for n in shape):
         raise UnsafeModel("The upload holds a numpy array that a model may not use.")
     count = 1
     for n in shape:
@@ -292,7 +289,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python 
                 dtype = np.dtype(name[: -len("DType")].lower())
             except TypeError:
                 dtype = None
-            if dtype is not None and dtype.kind in "biufc" and type(dtype).__name__ == name:
+            if dtype is not None and dtype.kind in NUMERIC_KINDS and type(dtype).__name__ == name:
                 return type(dtype)
         if module == "builtins" and name in DATA_TYPES:
             return DATA_TYPES[name]

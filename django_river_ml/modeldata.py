@@ -70,8 +70,11 @@ from typing import Any
 import numpy as np
 
 from django_river_ml.allowlist import (
+    BIT_GENERATORS,
     BUILTIN_METHODS,
     CALLED_RIVER_CLASSES,
+    DATA_TYPES,
+    NUMERIC_KINDS,
     STDLIB_CLASSES,
     NotAllowed,
     allowed_class,
@@ -95,10 +98,7 @@ MAX_EXPANDED = 100_000_000
 MAX_CONSTRUCTOR_INT = 2**31  # ints given to constructors (a deque's maxlen)
 MAX_RUST_CONSTRUCTOR_INT = 10_000_000  # a Rust window of 10 million floats: 80 MB
 
-NUMERIC_KINDS = "biufc"
-# Built-in types a model may refer to (``defaultdict(float)``): none allocates by its argument's size.
-DATA_TYPES = {t.__name__: t for t in (int, float, complex, bool, str, tuple, list, dict, set, frozenset)}
-BIT_GENERATORS = {name: getattr(np.random, name) for name in ("MT19937", "PCG64", "PCG64DXSM", "Philox", "SFC64")}
+BIT_GENERATOR_CLASSES = {name: getattr(np.random, name) for name in BIT_GENERATORS}
 
 
 class BadModelData(ValueError):
@@ -558,7 +558,7 @@ class _Reader:
         return generator, 1 + size
 
     def _generator(self, node, depth, key_depth):
-        bit_generator_class = BIT_GENERATORS.get(node[2])
+        bit_generator_class = BIT_GENERATOR_CLASSES.get(node[2]) if isinstance(node[2], str) else None
         state, size = self.read(node[3], depth)
         if bit_generator_class is None or not isinstance(state, dict):
             raise BadModelData("A numpy Generator in the model data has a malformed state.")

@@ -111,11 +111,15 @@ DEFAULTS: dict[str, Any] = {
     "CALL_TIME_LIMIT_SECONDS": 5.0,
 }
 
-SANDBOX_SETTINGS = ("SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES")
+# Whole numbers of at least 1.
+COUNT_SETTINGS = ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES",
+                  "TOKEN_EXPIRES_SECONDS", "MAX_MODELS_PER_USER", "MAX_PENDING_IDENTIFIERS", "MAX_IDENTIFIER_BYTES",
+                  "SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES")
+# Seconds, above 0 (or at least 0 where 0 turns the limit off).
+SECONDS_SETTINGS = {"REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
+                    "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least"}
 
-REDIS_TIMEOUT_SETTINGS = ("REDIS_SOCKET_CONNECT_TIMEOUT", "REDIS_SOCKET_TIMEOUT")
 
-QUOTA_SETTINGS = ("MAX_MODELS_PER_USER", "MAX_PENDING_IDENTIFIERS", "MAX_IDENTIFIER_BYTES")
 
 _BOOLEAN_WORDS = {
     "1": True, "true": True, "yes": True, "on": True,
@@ -216,11 +220,15 @@ class RiverSettings:
             found.append(
                 f"STORAGE_BACKEND is {self.STORAGE_BACKEND!r}; choose one of {', '.join(STORAGE_BACKENDS)}"
             )
-        for name in ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES",
-                     "TOKEN_EXPIRES_SECONDS"):
+        for name in COUNT_SETTINGS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 found.append(f"{name} must be a whole number of at least 1, not {value!r}")
+        for name, bound in SECONDS_SETTINGS.items():
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or value < 0 or (bound == "above" and value == 0):
+                found.append(f"{name} must be a number of seconds {bound} 0, not {value!r}")
         alpha = self.STATS_EWM_ALPHA
         if not isinstance(alpha, (int, float)) or not 0 < float(alpha) <= 1:
             found.append(f"STATS_EWM_ALPHA must be a number in (0, 1], not {alpha!r}")
@@ -244,42 +252,7 @@ class RiverSettings:
             found.append(f"NUM_PROXIES must be a whole number of at least 0, not {proxies!r}")
         if self.THROTTLE_CACHE not in django_settings.CACHES:
             found.append(f"THROTTLE_CACHE is {self.THROTTLE_CACHE!r}, which is not a cache in CACHES")
-        found.extend(_quota_problems(self))
-        found.extend(_timeout_problems(self))
-        found.extend(_sandbox_problems(self))
         return found
-
-
-def _quota_problems(values: RiverSettings) -> list[str]:
-    problems = []
-    for name in QUOTA_SETTINGS:
-        value = getattr(values, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"{name} must be a whole number of at least 1, not {value!r}")
-    return problems
-
-
-def _sandbox_problems(values: RiverSettings) -> list[str]:
-    problems = []
-    for name in SANDBOX_SETTINGS:
-        value = getattr(values, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"{name} must be a whole number of at least 1, not {value!r}")
-    for name, low in (("TRIAL_SECONDS", 0), ("CALL_TIME_LIMIT_SECONDS", -1)):
-        value = getattr(values, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value < math.inf:
-            problems.append(f"{name} must be a number of seconds {'above' if low == 0 else 'of at least'} 0, "
-                            f"not {value!r}")
-    return problems
-
-
-def _timeout_problems(values: RiverSettings) -> list[str]:
-    problems = []
-    for name in REDIS_TIMEOUT_SETTINGS:
-        value = getattr(values, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-            problems.append(f"{name} must be a number of seconds above 0, not {value!r}")
-    return problems
 
 
 def _rate_problems(limit: Any, name: str = "VIEW_RATE_LIMIT") -> list[str]:

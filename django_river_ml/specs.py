@@ -50,7 +50,7 @@ from typing import Any
 from river import base, compose
 
 from django_river_ml.exceptions import InvalidModel
-from django_river_ml.loading import RIVER_IO_MODULES, in_modules
+from django_river_ml.allowlist import RIVER_IO_MODULES, in_modules
 from django_river_ml.validation import MAX_NESTING, nested_deeper_than
 
 CLASS_NAME = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*")

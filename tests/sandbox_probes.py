@@ -70,38 +70,34 @@ class Probe(base.Regressor):
         return 0.0
 
 
-class Spins(base.Regressor):
+class Misbehaves(base.Regressor):
+    """A regressor that does nothing when it learns or predicts; subclasses misbehave when unpickled."""
+
+    def learn_one(self, x, y):
+        pass
+
+    def predict_one(self, x):
+        return 0.0
+
+
+class Spins(Misbehaves):
     """Burns CPU while it is unpickled."""
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if state.get("spin"):
-            while True:
-                pass
-
-    def learn_one(self, x, y):
-        pass
-
-    def predict_one(self, x):
-        return 0.0
+        while state.get("spin"):
+            pass
 
 
-class Sleeps(base.Regressor):
+class Sleeps(Misbehaves):
     """Sleeps while it is unpickled (wall-clock time, no CPU)."""
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if state.get("sleep"):
-            time.sleep(state["sleep"])
-
-    def learn_one(self, x, y):
-        pass
-
-    def predict_one(self, x):
-        return 0.0
+        time.sleep(state.get("sleep", 0))
 
 
-class Hoards(base.Regressor):
+class Hoards(Misbehaves):
     """Allocates memory while it is unpickled."""
 
     def __setstate__(self, state):
@@ -109,14 +105,8 @@ class Hoards(base.Regressor):
         if state.get("hoard"):
             self.hoard = bytearray(state["hoard"])
 
-    def learn_one(self, x, y):
-        pass
 
-    def predict_one(self, x):
-        return 0.0
-
-
-class Crashes(base.Regressor):
+class Crashes(Misbehaves):
     """Crashes the interpreter (a segmentation fault) while it is unpickled."""
 
     def __setstate__(self, state):
@@ -125,12 +115,6 @@ class Crashes(base.Regressor):
             import ctypes
 
             ctypes.string_at(0)
-
-    def learn_one(self, x, y):
-        pass
-
-    def predict_one(self, x):
-        return 0.0
 
 
 class SlowLearner(base.Regressor):
@@ -154,16 +138,13 @@ class SlowLearner(base.Regressor):
         return float(self.n)
 
 
-class SlowTrial(base.Regressor):
+class SlowTrial(Misbehaves):
     """Takes seconds on every learn: the sandbox's trial stops it."""
 
     def learn_one(self, x, y):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             pass
-
-    def predict_one(self, x):
-        return 0.0
 
 
 class Hoarder(base.Regressor):
