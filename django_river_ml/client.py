@@ -218,7 +218,7 @@ class DjangoClient:
               identifier: str | None = None) -> dict:
         """Learn one example; with an identifier, the prediction made for it is scored and consumed."""
         started = time.perf_counter_ns()
-        self._check(model_name)  # before an identifier is taken
+        checked = self._check(model_name)  # before an identifier is taken
         identifier = validate_identifier(identifier)
         validate_value("ground_truth", ground_truth)
         prediction_known, prediction, record = False, None, None
@@ -236,7 +236,7 @@ class DjangoClient:
                 entry["p"] = prediction
             return entry
 
-        seq, outcome = self._learn(model_name, make_entry, identifier, record)
+        seq, outcome = self._learn(model_name, make_entry, identifier, record, checked)
         result = {"model": model_name, "sequence": seq}
         if outcome.prediction is not None:
             result["prediction"] = to_jsonable(outcome.prediction)
@@ -246,7 +246,7 @@ class DjangoClient:
     def label(self, label: Any, identifier: str, model_name: str) -> dict:
         """Learn a past prediction's features with the label that became known."""
         started = time.perf_counter_ns()
-        self._check(model_name)  # before the identifier is taken
+        checked = self._check(model_name)  # before the identifier is taken
         if validate_identifier(identifier) is None:
             raise InvalidInput("identifier is required.")
         if label is None:
@@ -258,7 +258,7 @@ class DjangoClient:
             flavor.validate_target(label, field="label")
             return {"x": record["x"], "y": label, "p": record["p"]}
 
-        seq, _ = self._learn(model_name, make_entry, identifier, record)
+        seq, _ = self._learn(model_name, make_entry, identifier, record, checked)
         result = {"model": model_name, "identifier": identifier, "sequence": seq}
         self._finish("label", model_name, started,
                      {**result, "features": record["x"], "prediction": record["p"], "label": label})
@@ -331,11 +331,16 @@ class DjangoClient:
             raise ModelNotFound(f"No model named {model_name!r}.")
         return info
 
-    def _check(self, model_name: str) -> None:
-        """ModelNotFound unless the caller may use the model (no look-up for full access)."""
+    def _check(self, model_name: str) -> str | None:
+        """ModelNotFound unless the caller may use the model (no look-up for full access).
+
+        Returns the incarnation that was checked (None for full access), so that an append
+        cannot land in a model someone else uploaded under that name meanwhile.
+        """
         validate_name(model_name)
-        if not self.caller.unrestricted(public=True):
-            self._info(model_name)
+        if self.caller.unrestricted(public=True):
+            return None
+        return self._info(model_name).incarnation
 
     def _replica(self, model_name: str) -> Replica:
         """The model's replica, if the caller may use it (the one whose access was checked)."""
@@ -425,7 +430,8 @@ class DjangoClient:
 
     def _predict(self, model_name: str, replica: Replica, features: dict) -> Any:
         if replica.flavor.predictions_change_state:
-            _, outcome = self.registry.append(model_name, lambda flavor: {"op": "predict", "x": features})
+            _, outcome = self.registry.append(model_name, lambda flavor: {"op": "predict", "x": features},
+                                              incarnation=replica.incarnation)
             return outcome.prediction
         with replica.lock:
             try:
@@ -436,9 +442,9 @@ class DjangoClient:
             except Exception as error:
                 raise ModelFailed(f"The model raised on this input ({type(error).__name__}: {error}).") from None
 
-    def _learn(self, model_name, make_entry, identifier, record):
+    def _learn(self, model_name, make_entry, identifier, record, incarnation: str | None):
         try:
-            return self.registry.append(model_name, make_entry)
+            return self.registry.append(model_name, make_entry, incarnation=incarnation)
         except Exception:
             if record is not None:  # let the caller try again with a corrected label
                 self.store.put_identifier(model_name, identifier, pickle.dumps(record),

@@ -145,18 +145,20 @@ class ModelRegistry:
         self.forget(name)
         return outcome
 
-    def append(self, name: str, make_entry: Callable[[Flavor], dict]) -> tuple[int, Outcome]:
+    def append(self, name: str, make_entry: Callable[[Flavor], dict],
+               incarnation: str | None = None) -> tuple[int, Outcome]:
         """Append an entry built for the model's flavor, then apply it here.
 
         The append is the commit point. The entry is applied before answering
         so that a model that raises on it is reported to this caller (and the
-        entry rejected everywhere).
+        entry rejected everywhere). With ``incarnation``, only that upload of the
+        model takes the entry (the one whose access the caller checked).
         """
         for _ in range(3):
             replica = self._replicas.get(name)
-            if replica is None:
+            if replica is None or (incarnation is not None and replica.incarnation != incarnation):
                 info = self.store.model_info(name)
-                if info is None:
+                if info is None or (incarnation is not None and info.incarnation != incarnation):
                     raise ModelNotFound(f"No model named {name!r}.")
                 replica = self._load(info)
             if replica.growth.full:  # full stays full: refuse before writing to the log

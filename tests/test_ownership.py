@@ -911,3 +911,18 @@ def test_live_owners_and_sharing_hold_on_every_worker(live_server_factory, store
     for _ in range(3):
         assert call("bob", "GET", "/api/models/").json() == {"models": []}
         assert call("ada", "GET", "/api/models/").json() == {"models": []}
+
+
+def test_an_append_checked_against_one_upload_never_lands_in_the_next(backend):
+    # A learn checks access to the model as it is, then appends; if the name was deleted and uploaded
+    # again (by someone else) in between, the append must not land in the newcomer.
+    from django_river_ml.exceptions import ModelNotFound
+
+    client = DjangoClient()
+    client.upload_model(make_model("regression"), "regression", model_name="swap")
+    checked = client.store.model_info("swap").incarnation
+    client.delete_model("swap")
+    client.upload_model(make_model("regression"), "regression", model_name="swap")
+    with pytest.raises(ModelNotFound):
+        client.registry.append("swap", lambda flavor: {"x": {"a": 1.0}, "y": 1.0}, incarnation=checked)
+    assert client.store.model_info("swap").head == 0
