@@ -169,6 +169,12 @@ def serve(stdin, stdout) -> None:
 
 def main() -> None:
     """Entry point of the zygote process (see :mod:`django_river_ml.sandbox`)."""
+    # Our working directory is an empty temporary one made for us: remove it now. We stay in it,
+    # deleted, so nothing can be created there, and nothing is left behind however we end.
+    try:
+        os.rmdir(os.getcwd())
+    except OSError:
+        pass
     # No PR_SET_PDEATHSIG here: it fires when the *thread* that started us ends (a prewarm thread).
     # When the server process dies its end of our stdin closes, and serve() returns.
     import importlib
