@@ -41,9 +41,19 @@ from typing import Any
 
 RIVER_MODULES = ("river",)
 
-# Parts of river that read or write files or the network; no model needs them.
-RIVER_IO_MODULES = ("river.stream", "river.datasets", "river.bandit.datasets", "river.evaluate", "river.checks",
-                    "river.compat", "river.api")
+# Parts of river that read or write files or the network; no model needs them. Any module named
+# ``datasets`` (``river.drift.datasets`` reads any file it is pointed at) counts too.
+RIVER_IO_MODULES = ("river.stream", "river.datasets", "river.bandit.datasets", "river.drift.datasets",
+                    "river.evaluate", "river.checks", "river.compat", "river.api")
+
+# Names defined outside those modules that reach into them (deprecated wrappers of river.evaluate).
+RIVER_IO_NAMES = frozenset({"river.time_series.evaluate", "river.time_series.iter_evaluate"})
+
+# river's Rust functions a model may hold (KNN's distance): the others are internal helpers, and a
+# call into Rust cannot be stopped by the time limit (expected_mutual_info with a large n runs for
+# minutes and allocates gigabytes).
+RIVER_RUST_FUNCTIONS = frozenset({"river._river_rust.vectordict.euclidean_distance_tuple",
+                                  "river._river_rust.vectordict.euclidean_distance_dict"})
 
 # Standard-library classes that river objects hold, built by calling them (``Counter(data)``).
 STDLIB_CLASSES: dict[str, type] = {
@@ -100,6 +110,18 @@ CALLED_RIVER_CLASSES = frozenset({
 })
 
 
+# Module-level functions a model may hold as a value (a distance, a tokenizer, a factory): what river
+# models are built with. A held function is called later by the model, in the server, with arguments
+# the upload chose; so besides these, only private helpers of river's classes (``GaussianNB._make_gaussian``,
+# a splitter's ``_update_estimator_univariate``) and anything of the site's own modules qualify.
+VALUE_FUNCTIONS = frozenset({
+    "copy.deepcopy",
+    "river.utils.math.minkowski_distance",
+    "river.feature_extraction.vectorize.strip_accents_unicode",
+    "river.feature_extraction.vectorize.tokenize_using_regex_pattern",
+}) | RIVER_RUST_FUNCTIONS
+
+
 class NotAllowed(Exception):
     """A name that an uploaded model may not use (the message is the full name)."""
 
@@ -112,7 +134,8 @@ def in_modules(module: str, prefixes: tuple[str, ...]) -> bool:
 def module_allowed(module: Any, prefixes: tuple[str, ...] = ()) -> bool:
     """A river module (not one of its I/O modules) or one of the site's ``prefixes``."""
     return (isinstance(module, str) and bool(module)
-            and in_modules(module, RIVER_MODULES + tuple(prefixes)) and not in_modules(module, RIVER_IO_MODULES))
+            and in_modules(module, RIVER_MODULES + tuple(prefixes)) and not in_modules(module, RIVER_IO_MODULES)
+            and not (module.startswith("river.") and "datasets" in module.split(".")))
 
 
 def is_dunder(name: Any) -> bool:
@@ -129,7 +152,8 @@ def _resolve(module: str, qualname: str, prefixes: tuple[str, ...]) -> Any:
     for (owner, name), function in BUILTIN_METHODS.items():  # "random.Random.gauss"
         if full == f"{owner.__module__}.{owner.__qualname__}.{name}":
             return function
-    if not module_allowed(module, prefixes) or not qualname or any(is_dunder(p) for p in qualname.split(".")):
+    if not module_allowed(module, prefixes) or not qualname or any(is_dunder(p) for p in qualname.split(".")) \
+            or full in RIVER_IO_NAMES:
         raise NotAllowed(full)
     try:
         owner: Any = importlib.import_module(module)
@@ -161,8 +185,10 @@ def is_defined_in_allowed(obj: Any, prefixes: tuple[str, ...] = ()) -> bool:
         return module_allowed(obj.__module__, prefixes) and not is_dunder(obj.__name__)
     if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
         module = getattr(obj, "__module__", None)
-        # River's Rust functions report their extension module (river._river_rust.*).
-        return module_allowed(module, prefixes) and not is_dunder(obj.__name__)
+        if isinstance(module, str) and module.startswith("river._river_rust"):
+            return f"{module}.{obj.__name__}" in RIVER_RUST_FUNCTIONS
+        return (module_allowed(module, prefixes) and not is_dunder(obj.__name__)
+                and f"{module}.{obj.__qualname__}" not in RIVER_IO_NAMES)
     return False
 
 
@@ -203,3 +229,25 @@ def static_method(cls: type, name: str, prefixes: tuple[str, ...] = ()) -> Any:
             return function
     raise NotAllowed(f"{full_name(cls)}.{name}")
 
+
+
+def held_function_allowed(function: Any, prefixes: tuple[str, ...] = ()) -> bool:
+    """Whether a model may hold ``function`` as a value (see :data:`VALUE_FUNCTIONS`)."""
+    if any(function is method for method in BUILTIN_METHODS.values()):  # Random.gauss, bound later by dill
+        return True
+    module, qualname = getattr(function, "__module__", None), getattr(function, "__qualname__", "")
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return False
+    if in_modules(module, tuple(prefixes)) or f"{module}.{qualname}" in VALUE_FUNCTIONS:
+        return True
+    parts = qualname.split(".")
+    return len(parts) > 1 and parts[-1].startswith("_") and not is_dunder(parts[-1]) and module.startswith("river.")
+
+
+def held_method_allowed(cls: type, name: str, prefixes: tuple[str, ...] = ()) -> bool:
+    """Whether a model may hold the bound method ``name`` of a ``cls`` instance (``self._calc_tau_1``)."""
+    if any((klass, name) in BUILTIN_METHODS for klass in cls.__mro__):
+        return True
+    if in_modules(cls.__module__, tuple(prefixes)):
+        return True
+    return isinstance(name, str) and name.startswith("_") and not is_dunder(name)

@@ -39,6 +39,7 @@ from django_river_ml.exceptions import (
     IdentifierConflict,
     IdentifierNotFound,
     InvalidInput,
+    InvalidModel,
     ModelFailed,
     ModelNotFound,
     PayloadTooLarge,
@@ -49,7 +50,7 @@ from django_river_ml.flavors import get_flavor
 from django_river_ml.names import generate_name, validate_name
 from django_river_ml.sandbox import get_sandbox
 from django_river_ml.settings import river_settings
-from django_river_ml.timelimit import TimeLimitExceeded, run_limited
+from django_river_ml.timelimit import CallLimitExceeded, ModelCrashed, run_limited
 from django_river_ml.state import ModelRegistry, Replica, get_registry, pickled
 from django_river_ml.storage import Access, ModelInfo, Store
 from django_river_ml.storage.base import OK, OVER_QUOTA
@@ -100,7 +101,7 @@ class DjangoClient:
             "status": "running",
             "name": "Django River ML Endpoint",
             "description": "This service provides an API for online machine learning models.",
-            "documentationUrl": "https://github.com/vsoch/django-river-ml",
+            "documentationUrl": river_settings.documentation_url(baseurl),
             "prefix": river_settings.URL_PREFIX,
             "storage": self.store.backend_name,
             "river_version": river.__version__,
@@ -124,7 +125,11 @@ class DjangoClient:
             if len(model) > river_settings.MAX_UPLOAD_SIZE:
                 raise PayloadTooLarge(f"The model is larger than the limit of {river_settings.MAX_UPLOAD_SIZE} bytes.")
             model = get_sandbox().load(bytes(model), flavor_.name).model
-        flavor_.check(model)
+        try:  # the check asks the model itself (does it implement predict_proba_one?)
+            run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, flavor_.check, model,
+                        memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
+        except (CallLimitExceeded, ModelCrashed) as error:
+            raise InvalidModel(f"The model failed while it was checked: {error}.") from None
         name = self._create(model_name, flavor_, model)
         events.emit("upload", {"model": name, "flavor": flavor_.name})
         return name
@@ -151,14 +156,18 @@ class DjangoClient:
         """The model pickled (plain pickle: ``pickle.load`` reads it wherever river is installed)."""
         replica = self._replica(model_name)
         with replica.lock:
-            return pickled(replica.model)
+            try:
+                return run_limited(None, pickled, replica.model)
+            except ModelCrashed as error:
+                raise ModelFailed(f"The model could not be pickled: {error}.") from None
 
     def get_model_json(self, model_name: str) -> dict:
         replica = self._replica(model_name)
         with replica.lock:
             try:
-                return run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, describe_model, replica.model)
-            except TimeLimitExceeded as error:
+                return run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, describe_model, replica.model,
+                                   memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
+            except (CallLimitExceeded, ModelCrashed) as error:
                 raise ModelFailed(f"The model's JSON view could not be made: {error}.") from None
 
     def delete_model(self, model_name: str) -> None:
@@ -184,8 +193,8 @@ class DjangoClient:
                    groups: list[str] | None = None) -> dict:
         """Change the owner, or whom the model is shared with (by user and group name; None keeps a field).
 
-        Only the owner and staff may. A new owner must exist and, unless staff or
-        server code does it, own fewer than MAX_MODELS_PER_USER models.
+        Only the owner and staff may share; only staff (and server code) may give a model to
+        another owner, who must exist.
         """
         if river_settings.DISABLE_AUTHENTICATION:
             raise InvalidInput("Authentication is disabled (DISABLE_AUTHENTICATION): every model is open to "
@@ -195,20 +204,19 @@ class DjangoClient:
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise InvalidInput("owner must be a user name.")
         owner_id = access.user_ids([owner], "owner")[0] if owner is not None else None
+        if owner_id is not None and owner_id != info.access.owner and not self.caller.unrestricted(public=False):
+            # Given models would fill another user's quota and list without their consent.
+            raise AccessDenied("Only staff may give a model to another user; share it with them instead.")
         user_ids = access.user_ids(users) if users is not None else None
         group_ids = access.group_ids(groups) if groups is not None else None
-        max_owned = None if self.caller.exempt_from_quotas else river_settings.MAX_MODELS_PER_USER
         for _ in range(3):
             current = info.access
             new = Access(owner=current.owner if owner_id is None else owner_id,
                          users=current.users if user_ids is None else user_ids,
                          groups=current.groups if group_ids is None else group_ids)
-            outcome = self.store.set_access(model_name, info.incarnation, new, max_owned=max_owned)
-            if outcome == OK:
+            # Only staff and server code change owners, and they are exempt from the quota.
+            if self.store.set_access(model_name, info.incarnation, new, max_owned=None) == OK:
                 return access.describe(new)
-            if outcome == OVER_QUOTA:
-                raise QuotaExceeded(f"{owner!r} already owns {max_owned} models, the most MAX_MODELS_PER_USER "
-                                    "allows.")
             info = self._managed(model_name)  # replaced or deleted meanwhile: look again
         raise Conflict(f"Model {model_name!r} kept changing while its access was being set; try again.")
 
@@ -436,8 +444,8 @@ class DjangoClient:
         with replica.lock:
             try:
                 return run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, replica.flavor.predict, replica.model,
-                                   dict(features))
-            except TimeLimitExceeded as error:
+                                   dict(features), memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
+            except CallLimitExceeded as error:
                 raise ModelFailed(f"The model stopped on this input: {error}.") from None
             except Exception as error:
                 raise ModelFailed(f"The model raised on this input ({type(error).__name__}: {error}).") from None

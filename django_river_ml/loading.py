@@ -55,6 +55,8 @@ from django_river_ml.allowlist import (
     NotAllowed,
     allowed_class,
     full_name,
+    held_function_allowed,
+    held_method_allowed,
     in_modules,
     is_dunder,
     resolve_global,
@@ -70,6 +72,7 @@ MAX_MARKS = 1_000
 MAX_KEY_DEPTH = 8
 MAX_CALL_INT = 2**31
 MAX_RUST_CALL_INT = 10_000_000
+MAX_PARTIAL_INT = 10_000  # a partial is called by the model later, in the server (river binds p=2, ddof=1)
 
 # dill's ``_load_type`` names, by what real river pickles use.
 DILL_TYPES: dict[str, type] = {
@@ -141,6 +144,8 @@ class _Gate:
                 raise _refuse(str(error), self.prefixes) from None
         try:
             function = static_method(type(obj), name, self.prefixes)
+            if not held_method_allowed(type(obj), name, self.prefixes):
+                raise NotAllowed(f"{full_name(type(obj))}.{name}")
         except NotAllowed as error:
             raise _refuse(str(error), self.prefixes) from None
         if not (allowed_class(type(obj), self.prefixes) or isinstance(obj, (str, *STDLIB_CLASSES.values()))):
@@ -296,11 +301,12 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python 
         if module == "dill._dill" and name in ("_create_function", "_create_code", "_create_cell"):
             raise _refuse("a lambda or local function", self.prefixes)
         try:
-            return resolve_global(module, name, self.prefixes)
-        except NotAllowed:
+            value = resolve_global(module, name, self.prefixes)
+        except (NotAllowed, TypeError):
             raise _refuse(f"{module}.{name}", self.prefixes) from None
-        except TypeError:
-            raise _refuse(f"{module}.{name}", self.prefixes) from None
+        if not isinstance(value, type) and not held_function_allowed(value, self.prefixes):
+            raise _refuse(f"the function {module}.{name} as part of a model", self.prefixes)
+        return value
 
     def persistent_load(self, pid: Any) -> Any:
         raise _refuse("a persistent id", self.prefixes)
@@ -313,7 +319,8 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python 
         if id(function) in self.callables or function is functools.partial or function is operator.itemgetter:
             if function is self.gates["method"] or function is self.gates["seed_sequence"]:
                 return  # checks its own arguments (a SeedSequence's checksum is a large number)
-            _check_small(args, full_name(function))
+            _check_small(args, full_name(function), bound=MAX_PARTIAL_INT if function is functools.partial
+                         else MAX_CALL_INT)
             return
         if function is types.MethodType:
             return
@@ -531,7 +538,8 @@ def _check_partial_state(state: Any) -> None:
             and isinstance(state[1], tuple) and (state[2] is None or isinstance(state[2], dict))
             and (state[3] is None or (isinstance(state[3], dict) and not state[3]))):
         raise UnsafeModel("The upload builds a functools.partial that a model never holds.")
-    _check_small(state[1], "functools.partial")
+    _check_small(state[1], "functools.partial", bound=MAX_PARTIAL_INT)
+    _check_small(tuple((state[2] or {}).values()), "functools.partial", bound=MAX_PARTIAL_INT)
 
 
 def load_model(data: bytes, prefixes: tuple[str, ...] | None = None) -> Any:

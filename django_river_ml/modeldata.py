@@ -79,6 +79,8 @@ from django_river_ml.allowlist import (
     NotAllowed,
     allowed_class,
     full_name,
+    held_function_allowed,
+    held_method_allowed,
     is_dunder,
     resolve_global,
     static_method,
@@ -97,6 +99,9 @@ MIN_EXPANDED = 1_000_000
 MAX_EXPANDED = 100_000_000
 MAX_CONSTRUCTOR_INT = 2**31  # ints given to constructors (a deque's maxlen)
 MAX_RUST_CONSTRUCTOR_INT = 10_000_000  # a Rust window of 10 million floats: 80 MB
+# A partial is called by the model later, in the server, maybe on every learn: its numbers size
+# nothing large (river's own partials bind a distance's p=2, a variance's ddof=1, an object to copy).
+MAX_PARTIAL_INT = 10_000
 
 BIT_GENERATOR_CLASSES = {name: getattr(np.random, name) for name in BIT_GENERATORS}
 
@@ -203,7 +208,8 @@ class _Encoder:
         if module == "builtins" and DATA_TYPES.get(qualname) is obj:
             return ["G", module, qualname]
         try:
-            if resolve_global(module, qualname, self.prefixes) is obj:
+            if resolve_global(module, qualname, self.prefixes) is obj and (
+                    isinstance(obj, type) or held_function_allowed(obj, self.prefixes)):
                 return ["G", module, qualname]
         except NotAllowed:
             pass
@@ -213,8 +219,10 @@ class _Encoder:
         owner, name = obj.__self__, obj.__name__
         try:
             function = static_method(type(owner), name, self.prefixes)
+            if not held_method_allowed(type(owner), name, self.prefixes):
+                raise NotAllowed(name)
         except NotAllowed:
-            raise NotData(f"it uses the method {full_name(type(owner))}.{name}, which a model may not use") from None
+            raise NotData(f"it holds the method {full_name(type(owner))}.{name}, which a model may not hold") from None
         if isinstance(obj, types.MethodType) and obj.__func__ is not function:
             raise NotData(f"the method {name} of {full_name(type(owner))} is not the class's own")
         if id(owner) in self.open and id(owner) in self.numbers:  # a model holding its own method
@@ -423,9 +431,12 @@ class _Reader:
         if module == "builtins" and isinstance(qualname, str) and qualname in DATA_TYPES:
             return DATA_TYPES[qualname], 1
         try:
-            return resolve_global(module, qualname, self.prefixes), 1
+            value = resolve_global(module, qualname, self.prefixes)
         except NotAllowed:
             raise BadModelData(f"The model data names {module}.{qualname}, which a model may not use.") from None
+        if not isinstance(value, type) and not held_function_allowed(value, self.prefixes):
+            raise BadModelData(f"The model data holds the function {module}.{qualname}, which a model may not hold.")
+        return value, 1
 
     def _method(self, node, depth, key_depth):
         reference = node[1]
@@ -439,6 +450,8 @@ class _Reader:
         name = node[2]
         try:
             function = static_method(type(owner), name, self.prefixes)
+            if not held_method_allowed(type(owner), name, self.prefixes):
+                raise NotAllowed(f"{full_name(type(owner))}.{name}")
         except NotAllowed as error:
             raise BadModelData(f"The model data names the method {error}, which a model may not use.") from None
         return types.MethodType(function, owner), 1 + size
@@ -461,6 +474,7 @@ class _Reader:
         for key, item in node[4].items():
             keywords[key], item_size = self.read(item, depth)
             size += item_size
+        _check_constructor_args([*args, *keywords.values()], "functools.partial", MAX_PARTIAL_INT)
         value = functools.partial(function, *args, **keywords)
         self._register(node[1], value, 1 + size + args_size)
         return value, self.sizes[node[1]]
@@ -595,13 +609,14 @@ def _shape(shape: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _check_constructor_args(args: list, name: str) -> None:
+def _check_constructor_args(args: list, name: str, bound: int | None = None) -> None:
     """Constructors get plain, small values: no allocation sized by the data (``bytes(10**9)``).
 
     river's Rust classes allocate their windows up front from these numbers, and a failed
     allocation in Rust aborts the whole process, so their bound is tighter.
     """
-    bound = MAX_RUST_CONSTRUCTOR_INT if name.startswith("river._river_rust.") else MAX_CONSTRUCTOR_INT
+    if bound is None:
+        bound = MAX_RUST_CONSTRUCTOR_INT if name.startswith("river._river_rust.") else MAX_CONSTRUCTOR_INT
     for arg in args:
         if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > bound:
             raise BadModelData(f"{name} in the model data is built with the number {arg}, which is too large.")

@@ -109,12 +109,19 @@ DEFAULTS: dict[str, Any] = {
     # Seconds one learn or predict may run inside the model; over it the call is rejected as if the
     # model had raised (on every worker). 0 turns the limit off.
     "CALL_TIME_LIMIT_SECONDS": 5.0,
+    # Bytes one learn or predict may grow the server process by (resident memory, Linux); over it the
+    # call is stopped and rejected like one over its time limit.
+    "CALL_MEMORY_LIMIT_BYTES": 512 * 1024 * 1024,
+    # Where service info's documentationUrl points: an http(s) URL or a path on this site. None: this
+    # site's own API docs page (the docs route, else the schema), which documents the version it runs.
+    "DOCUMENTATION_URL": None,
 }
 
 # Whole numbers of at least 1.
 COUNT_SETTINGS = ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES",
                   "TOKEN_EXPIRES_SECONDS", "MAX_MODELS_PER_USER", "MAX_PENDING_IDENTIFIERS", "MAX_IDENTIFIER_BYTES",
-                  "SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES")
+                  "SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES",
+                  "CALL_MEMORY_LIMIT_BYTES")
 # Seconds, above 0 (or at least 0 where 0 turns the limit off).
 SECONDS_SETTINGS = {"REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
                     "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least"}
@@ -242,6 +249,7 @@ class RiverSettings:
         views = self.AUTHENTICATED_VIEWS
         if views is not None and (not isinstance(views, (list, tuple)) or not all(isinstance(v, str) for v in views)):
             found.append(f"AUTHENTICATED_VIEWS must be None or a list of route names, not {views!r}")
+        found.extend(_route_name_problems(self))
         found.extend(_rate_problems(self.VIEW_RATE_LIMIT))
         failure_limit = self.AUTH_FAILURE_RATE_LIMIT
         if failure_limit is not None and not isinstance(failure_limit, str):
@@ -252,7 +260,45 @@ class RiverSettings:
             found.append(f"NUM_PROXIES must be a whole number of at least 0, not {proxies!r}")
         if self.THROTTLE_CACHE not in django_settings.CACHES:
             found.append(f"THROTTLE_CACHE is {self.THROTTLE_CACHE!r}, which is not a cache in CACHES")
+        docs_url = self.DOCUMENTATION_URL
+        if docs_url is not None and not (isinstance(docs_url, str) and docs_url.startswith(("http://", "https://", "/"))):
+            found.append(f"DOCUMENTATION_URL must be None, an http(s) URL or a path starting with '/', not {docs_url!r}")
         return found
+
+    def documentation_url(self, baseurl: str = "") -> str:
+        """Service info's documentationUrl: DOCUMENTATION_URL, else this site's docs page (or schema)."""
+        from django.urls import NoReverseMatch, reverse
+
+        url = self.DOCUMENTATION_URL
+        if url is None:
+            for route in ("docs", "schema"):
+                try:
+                    url = reverse(f"django_river_ml:{route}")
+                    break
+                except NoReverseMatch:  # not served (API_VIEWS_ENABLED), or the urls not included
+                    continue
+            else:
+                return ""
+        return baseurl.rstrip("/") + url if url.startswith("/") else url
+
+
+def _route_name_problems(river: RiverSettings) -> list[str]:
+    """Route names no route has: a typo would otherwise leave a route unprotected, unserved or unthrottled."""
+    from django_river_ml.urls import ROUTE_NAMES
+
+    named = {"API_VIEWS_ENABLED": river.API_VIEWS_ENABLED, "AUTHENTICATED_VIEWS": river.AUTHENTICATED_VIEWS}
+    if isinstance(river.VIEW_RATE_LIMIT, dict):
+        named["VIEW_RATE_LIMIT"] = list(river.VIEW_RATE_LIMIT)
+    problems = []
+    for setting, names in named.items():
+        if not isinstance(names, (list, tuple)):
+            continue  # reported above
+        unknown = [name for name in names if name not in ROUTE_NAMES]
+        if unknown:
+            problems.append(f"{setting} names {', '.join(map(repr, unknown))}, which "
+                            f"{'is not a route name' if len(unknown) == 1 else 'are not route names'}; "
+                            f"the route names are {', '.join(ROUTE_NAMES)}")
+    return problems
 
 
 def _rate_problems(limit: Any, name: str = "VIEW_RATE_LIMIT") -> list[str]:

@@ -22,12 +22,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from django_river_ml.exceptions import ModelBusy, ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
+from django_river_ml.exceptions import InvalidModel, ModelBusy, ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
 from django_river_ml.flavors import Flavor, get_flavor
 from django_river_ml.growth import GrowthWatch
 from django_river_ml.settings import river_settings
 from django_river_ml.storage import ModelInfo, Store, get_store
-from django_river_ml.timelimit import TimeLimitExceeded, run_limited
+from django_river_ml.timelimit import CallLimitExceeded, ModelCrashed, run_limited
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,11 @@ class ModelRegistry:
     def create(self, name: str, flavor: Flavor, model: Any, **options: Any) -> str:
         """Store a new incarnation; ``options`` (access, expect, max_owned) go to ``Store.create_model``."""
         incarnation = new_incarnation()
-        metrics = flavor.make_metrics(model)
+        try:  # whether the model has probabilities is asked of the model itself
+            metrics = run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, flavor.make_metrics, model,
+                                  memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
+        except (CallLimitExceeded, ModelCrashed) as error:
+            raise InvalidModel(f"The model failed while its metrics were chosen: {error}.") from None
         limit = river_settings.MAX_MODEL_BYTES
         size = len(dump_state(model, metrics))
         if size > limit:
@@ -177,11 +181,11 @@ class ModelRegistry:
                     self._snapshot(replica)
             if outcome.error is not None:
                 error = outcome.error
-                if isinstance(error, TimeLimitExceeded):
+                if isinstance(error, CallLimitExceeded):
                     self._retract(name, replica, seq)
                 if isinstance(error, ModelFull):
                     raise error
-                if isinstance(error, TimeLimitExceeded):
+                if isinstance(error, CallLimitExceeded):
                     raise ModelFailed(f"The model stopped on this input: {error}; it was left unchanged.")
                 raise ModelFailed(
                     f"The model raised on this input ({type(error).__name__}: {error}); it was left unchanged."
@@ -265,16 +269,18 @@ class ModelRegistry:
                 try:
                     # Only the worker that appended an entry may reject it for running long (see
                     # _retract); catching up on others' entries gets more time, and never rejects.
-                    prediction = self._apply(replica, data, limit if entry.seq == watch else limit * CATCH_UP_FACTOR)
-                except TimeLimitExceeded as error:
+                    factor = 1 if entry.seq == watch else CATCH_UP_FACTOR
+                    prediction = run_limited(limit * factor, self._apply, replica, data,
+                                             memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES * factor)
+                except CallLimitExceeded as error:
                     replica.seq = -1
                     if entry.seq != watch:
                         self._rebuild(replica)
                         if watch is not None:  # our own entry, not reached: ours to judge, and not applied
                             self.store.reject(replica.incarnation, watch)
                         raise ModelBusy(
-                            f"Model {replica.name!r} is catching up with an entry that ran longer than "
-                            f"CALL_TIME_LIMIT_SECONDS allows here; try again shortly."
+                            f"Model {replica.name!r} is catching up with an entry that went over its limits "
+                            f"here ({error}); try again shortly."
                         ) from None
                     logger.info("Model %s rejected entry %s: %s", replica.name, entry.seq, error)
                     self.store.reject(replica.incarnation, entry.seq)
@@ -317,12 +323,16 @@ class ModelRegistry:
     @staticmethod
     def _measure(replica: Replica) -> None:
         """Measure the model as a snapshot would store it (see :mod:`django_river_ml.growth`)."""
-        size = len(dump_state(replica.model, replica.metrics))
+        try:
+            size = len(run_limited(None, dump_state, replica.model, replica.metrics))
+        except Exception:  # a model that cannot be pickled fails alike everywhere: measure it later
+            logger.exception("Could not measure model %s at %s", replica.name, replica.seq)
+            size = replica.growth.size
         replica.growth = replica.growth.measured(size, replica.seq, river_settings.MAX_MODEL_BYTES,
                                                  river_settings.SNAPSHOT_EVERY)
 
     @staticmethod
-    def _apply(replica: Replica, entry: dict, limit: float) -> Any:
+    def _apply(replica: Replica, entry: dict) -> Any:
         """Score the model's prediction (made now unless the entry carries one), then learn.
 
         A ``predict`` entry only predicts: it is logged for flavors whose models
@@ -330,14 +340,14 @@ class ModelRegistry:
         """
         flavor, features, target = replica.flavor, entry["x"], entry.get("y")
         if entry.get("op") == "predict":
-            return run_limited(limit, flavor.predict, replica.model, dict(features))
+            return flavor.predict(replica.model, dict(features))
         prediction = None
         if "p" in entry:
             prediction = entry["p"]
         elif replica.metrics and target is not None:
-            prediction = run_limited(limit, flavor.predict, replica.model, dict(features))
+            prediction = flavor.predict(replica.model, dict(features))
         flavor.update_metrics(replica.metrics, target, prediction)
-        run_limited(limit, flavor.learn, replica.model, dict(features), target)
+        flavor.learn(replica.model, dict(features), target)
         return prediction
 
     @staticmethod
@@ -350,7 +360,8 @@ class ModelRegistry:
         try:
             self.store.save_snapshot(
                 replica.name, replica.incarnation, replica.seq,
-                dump_state(replica.model, replica.metrics, replica.growth, self._skipped_record(replica)),
+                run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
+                            self._skipped_record(replica)),
                 keep=river_settings.SNAPSHOTS_KEPT,
             )
         except Exception:  # a missed snapshot only lengthens the next replay

@@ -27,6 +27,7 @@ django_river_ml.timelimit.CallTimeout
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -41,6 +42,25 @@ class CallTimeout(BaseException):
     """A call into a model ran past its time limit."""
 
 
+class CallOverMemory(BaseException):
+    """A call into a model grew the process past its memory limit."""
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux), or None where it cannot be read cheaply."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+try:
+    _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    _PAGE_SIZE = 4096
+
+
 class _Watchdog:
     """Deadlines by thread; polls while calls are running, sleeps when none ran for a while.
 
@@ -52,20 +72,29 @@ class _Watchdog:
     IDLE_AFTER_SECONDS = 1.0
 
     def __init__(self):
-        self._deadlines: dict[int, float] = {}  # thread id -> deadline
+        self._deadlines: dict[int, tuple[float, float]] = {}  # thread id -> (deadline, memory ceiling)
         self._fired: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._idle = True
         self._thread: threading.Thread | None = None
+        self._resident: int | None = None
+        self._resident_at = float("-inf")
 
-    def arm(self, seconds: float) -> int:
+    def arm(self, seconds: float | None, memory_bytes: int | None = None) -> int:
         ident = threading.get_ident()
+        deadline = time.monotonic() + seconds if seconds and seconds > 0 else float("inf")
+        ceiling = float("inf")
+        if memory_bytes and memory_bytes > 0:
+            # The watchdog's last reading (taken every POLL_SECONDS while calls run): reading /proc costs
+            # ~20 µs, more than the call it guards; a stale baseline only shifts a large limit a little.
+            resident = self._resident if self._resident is not None else resident_bytes()
+            ceiling = resident + memory_bytes if resident is not None else ceiling
         with self._lock:
-            self._deadlines[ident] = time.monotonic() + seconds
+            self._deadlines[ident] = (deadline, ceiling)
             self._fired.discard(ident)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="river-ml-time-limit", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="river-ml-call-limits", daemon=True)
                 self._thread.start()
             elif self._idle:
                 self._wake.notify()
@@ -86,11 +115,15 @@ class _Watchdog:
                 now = time.monotonic()
                 if self._deadlines:
                     last_busy = now
-                for ident, deadline in list(self._deadlines.items()):
-                    if deadline <= now:
+                resident = None
+                if any(ceiling != float("inf") for _, ceiling in self._deadlines.values()):
+                    resident = self._resident = resident_bytes()
+                    self._resident_at = now
+                for ident, (deadline, ceiling) in list(self._deadlines.items()):
+                    if deadline <= now or (resident is not None and resident > ceiling):
                         del self._deadlines[ident]
                         self._fired.add(ident)
-                        _set_async_exc(ident, CallTimeout)
+                        _set_async_exc(ident, CallTimeout if deadline <= now else CallOverMemory)
                 self._idle = not self._deadlines and now - last_busy > self.IDLE_AFTER_SECONDS
                 self._wake.wait(None if self._idle else self.POLL_SECONDS)
 
@@ -111,19 +144,46 @@ def time_limit(seconds: float | None):
         _watchdog.disarm(ident)
 
 
-class TimeLimitExceeded(Exception):
-    """What callers catch: the call was stopped at its limit (an ordinary exception, unlike CallTimeout)."""
+class CallLimitExceeded(Exception):
+    """What callers catch: a call into a model was stopped at one of its limits."""
 
 
-def run_limited(seconds: float | None, function, *args):
-    """``function(*args)`` under a time limit; :class:`TimeLimitExceeded` when it runs too long."""
-    if not seconds or seconds <= 0:
-        return function(*args)
+class TimeLimitExceeded(CallLimitExceeded):
+    """The call ran longer than its time limit."""
+
+
+class MemoryLimitExceeded(CallLimitExceeded):
+    """The call grew the process by more than its memory limit."""
+
+
+class ModelCrashed(Exception):
+    """The model raised a BaseException that is not Python's own: a Rust panic (pyo3's PanicException)."""
+
+
+def run_limited(seconds: float | None, function, *args, memory_bytes: int | None = None):
+    """Call into model code: under a time and a memory limit, with whatever it raises as an ordinary exception.
+
+    :class:`TimeLimitExceeded` when it runs too long, :class:`MemoryLimitExceeded` when the process
+    grows by more than ``memory_bytes`` meanwhile (resident memory, read by the watchdog every
+    20 ms, Linux only); :class:`ModelCrashed` for a BaseException such as a Rust panic, which
+    ``except Exception`` would let through to a bare 500.
+    """
     try:
-        ident = _watchdog.arm(seconds)
+        if not (seconds and seconds > 0) and not (memory_bytes and memory_bytes > 0):
+            return function(*args)
+        ident = _watchdog.arm(seconds, memory_bytes)
         try:
             return function(*args)
         finally:
             _watchdog.disarm(ident)
     except CallTimeout:  # from the call, or delivered just as it ended (inside the finally)
         raise TimeLimitExceeded(f"it ran longer than CALL_TIME_LIMIT_SECONDS ({seconds:g} s) allows") from None
+    except CallOverMemory:
+        raise MemoryLimitExceeded(
+            f"it used more memory than CALL_MEMORY_LIMIT_BYTES ({memory_bytes}) allows") from None
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except Exception:
+        raise
+    except BaseException as error:  # noqa: BLE001 - a panic in a compiled extension
+        raise ModelCrashed(f"{type(error).__name__}: {error}") from None

@@ -1,7 +1,9 @@
 """Routes of the River API under ``/<URL_PREFIX>/``.
 
 Include them in a site's urls: ``path("", include("django_river_ml.urls"))``.
-``API_VIEWS_ENABLED`` (route names) limits which are served.
+``API_VIEWS_ENABLED`` (route names) limits which are served. :data:`ROUTE_NAMES` is the one list
+of route names: the system check holds ``API_VIEWS_ENABLED``, ``AUTHENTICATED_VIEWS`` and
+``VIEW_RATE_LIMIT`` to it, and docs/settings.md's table is tested against it.
 """
 
 import re
@@ -38,6 +40,9 @@ routes = [
     path(f"{prefix}schema/", SchemaView.as_view(), name="schema"),
     path(f"{prefix}docs/", DocsView.as_view(), name="docs"),
 ]
+
+#: The names settings may use for the routes, in the order above.
+ROUTE_NAMES = tuple(route.name for route in routes)
 
 enabled = set(river_settings.API_VIEWS_ENABLED)
 urlpatterns = [route for route in routes if not enabled or route.name in enabled]

@@ -767,3 +767,140 @@ def test_in_process_upload_model_refuses_the_deep_tuple_without_crashing(tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("REFUSED"), \
         f"exit status {done.returncode} (-11 is SIGSEGV): {done.stdout[-500:]} {done.stderr[-1500:]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by a red team with one token against the new loading path. Each model hides its payload
+# behind a "gate" (a StatImputer of a feature the sandbox's trial never sends), so the trial passes
+# and the payload first runs in the server, when a request carries that feature.
+
+
+def gated(*steps):
+    from river import compose, preprocessing, stats
+
+    return compose.Pipeline(preprocessing.StatImputer(("boom", stats.Mean())), *steps)
+
+
+def payload_rust_panic() -> bytes:
+    """A Rust statistic built with an invalid quantile (the Python check bypassed): it panics when updated,
+    and pyo3's PanicException is a BaseException that ``except Exception`` lets through (a bare 500, a log
+    entry never rejected, the model broken for good)."""
+    from river import compose, preprocessing, stats
+    from river._river_rust import stats as rust_stats
+
+    quantile = stats.RollingQuantile(q=0.5, window_size=5)
+    quantile.q = 2.0
+    quantile._rolling_quantile = rust_stats.RsRollingQuantile(2.0, 5)
+    return pickle.dumps(compose.Pipeline(preprocessing.StatImputer(("boom", quantile)),
+                                         linear_model.LinearRegression()), protocol=4)
+
+
+def payload_uninterruptible_rust_call() -> bytes:
+    """A defaultdict whose factory is ``partial(expected_mutual_info, confusion_matrix)``: one call into Rust
+    that runs for ~k*N steps and allocates ~12*N bytes, which no time limit interrupts (37 s, 2.5 GB)."""
+    import collections
+    import functools
+
+    from river import metrics, preprocessing
+    from river.metrics.expected_mutual_info import expected_mutual_info
+
+    matrix = metrics.ConfusionMatrix()
+    matrix.sum_row = {i: 12_500.0 for i in range(800)}
+    matrix.sum_col = {i: 12_500.0 for i in range(800)}
+    matrix.n_samples = 10**7
+    scaler = preprocessing.StandardScaler()
+    scaler.vars = collections.defaultdict(functools.partial(expected_mutual_info, matrix))
+    return pickle.dumps(gated(scaler, linear_model.LinearRegression()), protocol=4)
+
+
+def payload_file_oracle(path: str) -> bytes:
+    """A river drift dataset pointed at any file, iterated by a defaultdict factory (``deque(dataset)``):
+    the server opens the file, outside the sandbox (existence, permissions, line counts; a FIFO hangs)."""
+    import collections
+    import functools
+
+    from river import drift, preprocessing
+
+    dataset = drift.datasets.AirlinePassengers()
+    dataset.directory, dataset.filename = os.path.dirname(path), os.path.basename(path)
+    scaler = preprocessing.StandardScaler()
+    scaler.vars = collections.defaultdict(functools.partial(collections.deque, dataset))
+    return pickle.dumps(gated(scaler, linear_model.LinearRegression()), protocol=4)
+
+
+def payload_bagging_factory() -> bytes:
+    """A defaultdict whose factory builds ``BaggingRegressor(model, n_models=200000)`` on every missing key."""
+    import collections
+    import functools
+
+    from river import ensemble, preprocessing
+
+    scaler = preprocessing.StandardScaler()
+    scaler.vars = collections.defaultdict(functools.partial(
+        ensemble.BaggingRegressor, linear_model.LinearRegression(), 200_000))
+    return pickle.dumps(gated(scaler, linear_model.LinearRegression()), protocol=4)
+
+
+def payload_held_public_method() -> bytes:
+    """A defaultdict whose factory is a model's public ``clone``: a copy of the model per missing key."""
+    import collections
+
+    from river import preprocessing
+
+    big = linear_model.LinearRegression()
+    scaler = preprocessing.StandardScaler()
+    scaler.vars = collections.defaultdict(big.clone)
+    return pickle.dumps(gated(scaler, linear_model.LinearRegression()), protocol=4)
+
+
+@live
+@pytest.mark.parametrize("payload", [payload_uninterruptible_rust_call, payload_bagging_factory,
+                                     payload_held_public_method], ids=["rust-call", "bagging", "public-method"])
+def test_red_team_callables_a_model_may_not_hold_are_refused(server, payload):
+    name, response = server.upload(payload())
+    message = assert_refused(response)
+    assert "may not" in message or "too large" in message, message
+    assert_not_stored(server, name)
+    server.assert_healthy()
+
+
+@live
+def test_red_team_drift_dataset_file_oracle_is_refused(server, marker):
+    marker.write_text("a line\nanother line\n")
+    name, response = server.upload(payload_file_oracle(str(marker)))
+    assert "river.drift.datasets" in assert_refused(response)
+    assert_not_stored(server, name)
+    server.assert_healthy()
+
+
+@live
+def test_red_team_rust_panic_is_a_json_400_and_leaves_the_model_usable(server):
+    name, response = server.upload(payload_rust_panic())
+    assert response.status_code == 201, response.text  # a model: only its Rust part is broken
+
+    def send(route: str, features: dict) -> requests.Response:
+        body = {"model": name, "features": features, **({"ground_truth": 1.0} if route == "learn" else {})}
+        return requests.post(f"{server.url}/api/{route}/", json=body, headers=server.headers, timeout=30)
+
+    for value in (1.0, 2.0):  # two values in its window: from now on, imputing one panics in Rust
+        assert send("learn", {"boom": value, "x": 1.0}).status_code == 201
+    for route in ("learn", "predict"):
+        answer = send(route, {"boom": None, "x": 1.0})
+        assert answer.status_code == 400, (route, answer.status_code, answer.text[:300])
+        assert answer.headers["Content-Type"].startswith("application/json")
+        assert "PanicException" in answer.json()["message"]
+    # The panicking learn was rejected on every worker: the model still learns and predicts.
+    for _ in range(4):
+        assert send("learn", {"boom": 3.0, "x": 1.0}).status_code == 201
+        assert send("predict", {"boom": 3.0, "x": 1.0}).status_code in (200, 201)
+    server.assert_healthy()
+
+
+def test_red_team_names_that_reach_io_are_not_allowed():
+    from django_river_ml.allowlist import NotAllowed, resolve_global
+
+    for module, name in (("river.drift.datasets.airline_passengers", "AirlinePassengers"),
+                         ("river.drift.datasets.base", "FileDataset"), ("river.time_series", "evaluate"),
+                         ("river.time_series", "iter_evaluate")):
+        with pytest.raises(NotAllowed):
+            resolve_global(module, name)

@@ -144,3 +144,34 @@ def test_demo_feeds_a_running_server(live_server_factory):
     assert page.status_code == 200
     assert page.headers["Content-Type"].startswith("text/html")
     assert "live dashboard" in page.text
+
+
+def test_every_link_the_demo_prints_and_the_dashboard_shows_opens_without_a_login(settings, tmp_path):
+    """make demo protects what changes models; what it prints, and the dashboard links to, must open in a
+    browser (no credential), while learning, uploads and deletes still need one."""
+    import io
+
+    from django_river_ml.client import DjangoClient
+    from example_project.management.commands.demo import DEMO_PROTECTED_ROUTES, Command, demo_models
+
+    settings.DJANGO_RIVER_ML = {"DATA_DIR": str(tmp_path), "AUTHENTICATED_VIEWS": list(DEMO_PROTECTED_ROUTES)}
+    models = demo_models()
+    for model in models:
+        DjangoClient().upload_model(model.make(), model.flavor, model_name=model.name)
+    command = Command(stdout=io.StringIO())
+    command.base, command.api, command.token = "http://127.0.0.1:8000", "http://127.0.0.1:8000/api/", "a-token"
+    command.banner(models, 20.0, None)
+    printed = re.findall(r"http://127\.0\.0\.1:8000(/\S*)", command.stdout.getvalue())
+    page = Client().get("/").content.decode()
+    shown = [url.replace("__MODEL__", "demo-binary") for url in re.findall(r'data-[a-z-]+-url="([^"]+)"', page)]
+    assert len(printed) >= 6 and len(shown) == 5, (printed, shown)
+
+    browser = Client()
+    for path in {*printed, *shown} - {"/api/predict/"}:  # predict: the printed curl example, with its token
+        response = browser.get(path, {"model": "demo-binary"} if path.endswith(("/metrics/", "/stats/")) else {})
+        assert response.status_code == 200, (path, response.status_code, response.content[:200])
+    for method, path in [("post", "/api/learn/"), ("post", "/api/predict/"), ("post", "/api/model/binary/x/"),
+                         ("post", "/api/model/binary/"), ("delete", "/api/model/demo-binary/"),
+                         ("get", "/api/model/download/demo-binary/")]:
+        assert getattr(browser, method)(path).status_code == 401, (method, path)
+    assert DjangoClient().models() == sorted(model.name for model in models)

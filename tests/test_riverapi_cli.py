@@ -224,6 +224,65 @@ def test_help_and_version(tmp_path):
     assert (result.returncode, result.stdout.strip()) == (0, "riverapi 1.0.0.dev0")
 
 
+class CannedServer:
+    """A local server answering every request with one status, headers and JSON body."""
+
+    def __init__(self, status: int, body: dict, headers: dict | None = None):
+        canned = (status, json.dumps(body).encode(), headers or {})
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, payload, extra = canned
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in extra.items():
+                    self.send_header(name, value.replace("{origin}", origin))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = answer
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        origin = self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> CannedServer:
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_server_asking_for_credentials_gets_the_commands_own_hint(tmp_path):
+    """The command has no user or token options: its hint names the environment variables only."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="{origin}/api/auth/token",service="{origin}"'}
+    with CannedServer(401, {"message": "Authentication credentials were not provided."}, challenge) as server:
+        line = assert_clean_failure(run_cli("--url", server.url, "models", cwd=tmp_path), 1,
+                                    "export RIVER_ML_USER=<user> RIVER_ML_TOKEN=<API token>", "river_token")
+    assert "user=" not in line and "Client" not in line
+
+
+def test_a_refused_boolean_word_target_hints_at_target_type_bool(tmp_path):
+    """A binary CSV's true/false column is text unless --target-type bool says otherwise."""
+    write_csv(tmp_path / "mail.csv", [{"links": 3, "spam": "true"}], ["links", "spam"])
+    refusal = {"message": "The model raised on this input (ValueError: invalid literal for int() with base 10: "
+                          "'true'); it was left unchanged."}
+    with CannedServer(400, refusal) as server:
+        assert_clean_failure(run_cli("--url", server.url, "learn", "spam", "mail.csv", "--target", "spam",
+                                     cwd=tmp_path), 1, "mail.csv, line 2", "--target-type bool")
+        # A numeric target refused for another reason gets no such hint.
+        write_csv(tmp_path / "prices.csv", [{"rooms": 3, "price": "abc"}], ["rooms", "price"])
+        line = assert_clean_failure(run_cli("--url", server.url, "learn", "p", "prices.csv", "--target", "price",
+                                            cwd=tmp_path), 1)
+        assert "--target-type" not in line
+
+
 def test_stream_prints_events_as_json_lines(tmp_path):
     """Against a local event-stream server (the real server's streams come later): two events,
     a drop, a reconnection with Last-Event-ID, one more event, then 204 (the end)."""

@@ -421,6 +421,7 @@ def test_the_0_0_21_surface(monkeypatch):
     from riverapi.main import Client as MainClient
 
     assert MainClient is Client is riverapi.Client
+    monkeypatch.delenv("RIVER_API_URL", raising=False)
     monkeypatch.setenv("RIVER_ML_USER", "ada")
     monkeypatch.setenv("RIVER_ML_TOKEN", "secret")
     client = MainClient()
@@ -436,6 +437,13 @@ def test_the_0_0_21_surface(monkeypatch):
         assert callable(getattr(client, method)), method
     header = parse_auth_header('Bearer realm="http://h/api/auth/token",service="http://h",scope="learn"')
     assert (header.Realm, header.Service, header.Scope) == ("http://h/api/auth/token", "http://h", "learn")
+
+
+def test_the_server_url_comes_from_the_environment_like_the_command_lines(monkeypatch):
+    """Client() and `riverapi` talk to the same server: $RIVER_API_URL, else 127.0.0.1:8000."""
+    monkeypatch.setenv("RIVER_API_URL", "http://127.0.0.1:8123/")
+    assert Client().apiroot == "http://127.0.0.1:8123/api"
+    assert Client("http://h:1").baseurl == "http://h:1"  # a given URL wins
 
 
 def test_check_takes_the_prefix_and_baseurl_the_server_gives():

@@ -105,3 +105,64 @@ def test_store_follows_the_settings(tmp_path, redis_url):
     with override_settings(DJANGO_RIVER_ML={"STORAGE_BACKEND": "redis", "REDIS_URL": redis_url}):
         assert get_store().backend_name == "redis"
         assert get_store().redis.ping()
+
+
+@pytest.mark.parametrize("config", [
+    {"AUTHENTICATED_VIEWS": ["lern"]},
+    {"API_VIEWS_ENABLED": ["learn", "predcit"]},
+    {"VIEW_RATE_LIMIT": {"lern": "10/second"}},
+])
+def test_unknown_route_names_fail_the_system_check(config):
+    """A typo must not silently leave a route unprotected, unserved or unthrottled."""
+    with override_settings(DJANGO_RIVER_ML=config):
+        errors = river_errors()
+    assert len(errors) == 1, errors
+    setting, = config
+    assert errors[0].msg.startswith(f"{setting} names ")
+    from django_river_ml.urls import ROUTE_NAMES
+
+    assert f"the route names are {', '.join(ROUTE_NAMES)}" in errors[0].msg
+
+
+def test_a_typo_from_the_environment_stops_manage_py(monkeypatch):
+    """DJANGO_RIVER_ML_AUTHENTICATED_VIEWS=lern: `manage.py check` fails instead of opening learn."""
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    monkeypatch.setenv("DJANGO_RIVER_ML_AUTHENTICATED_VIEWS", "lern")
+    river_settings.reload()
+    with pytest.raises(SystemCheckError, match="'lern', which is not a route name; the route names are service_info"):
+        call_command("check")
+
+
+def test_every_route_name_may_be_named():
+    from django_river_ml.urls import ROUTE_NAMES
+
+    assert {"service_info", "auth_token", "auth_token_realm", "learn", "model_access", "schema", "docs"} <= set(
+        ROUTE_NAMES)
+    every = list(ROUTE_NAMES)
+    with override_settings(DJANGO_RIVER_ML={"AUTHENTICATED_VIEWS": every, "API_VIEWS_ENABLED": every,
+                                            "VIEW_RATE_LIMIT": dict.fromkeys(every, "5/second")}):
+        assert river_errors() == []
+
+
+def test_documentation_url_is_this_sites_docs_page_unless_set(client):
+    """Service info points at the docs of the version that runs (not an old release's repository)."""
+    with override_settings(DJANGO_RIVER_ML={"DISABLE_AUTHENTICATION": True}):
+        assert client.get("/api/").json()["documentationUrl"] == "http://testserver/api/docs/"
+    with override_settings(DJANGO_RIVER_ML={"DOCUMENTATION_URL": "https://ml.example.com/docs/"}):
+        assert client.get("/api/").json()["documentationUrl"] == "https://ml.example.com/docs/"
+    with override_settings(DJANGO_RIVER_ML={"DOCUMENTATION_URL": "/handbook/"}):
+        assert client.get("/api/").json()["documentationUrl"] == "http://testserver/handbook/"
+
+
+@pytest.mark.parametrize("value", ["docs.example.com", 42])
+def test_a_bad_documentation_url_fails_the_system_check(value):
+    with override_settings(DJANGO_RIVER_ML={"DOCUMENTATION_URL": value}):
+        errors = river_errors()
+    assert len(errors) == 1 and "DOCUMENTATION_URL" in errors[0].msg
+
+
+def test_documentation_url_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DJANGO_RIVER_ML_DOCUMENTATION_URL", "https://ml.example.com/docs/")
+    assert river_settings.documentation_url("http://h") == "https://ml.example.com/docs/"

@@ -29,6 +29,12 @@ from riverapi.version import __version__
 __all__ = ["main", "build_parser"]
 
 PROG = "riverapi"
+# The command has no user or token options (a token in argv is visible to every process): it reads both
+# from the environment only.
+CREDENTIALS_HINT = (f"export {defaults.USER_ENV}=<user> {defaults.TOKEN_ENV}=<API token> "
+                    "(the server's `manage.py river_token <user>` prints it)")
+# A binary target read from CSV is text; the server cannot make a label of 'true'.
+BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
 
 
 class UsageError(Exception):
@@ -167,11 +173,12 @@ def _learn(client: Client, args: argparse.Namespace) -> int:
                 client.learn(args.model, record.features, record.target)
             except BadRequest as error:
                 where = f"{args.file}, line {record.line}"
+                message = error.message + _target_hint(args, record.target)
                 if not args.skip_errors:
-                    raise type(error)(f"{where}: {error.message} ({learned} examples learned before it)",
+                    raise type(error)(f"{where}: {message} ({learned} examples learned before it)",
                                       status_code=error.status_code, response=error.response) from error
                 failed += 1
-                bar.write(f"{PROG}: {where}: {_one_line(error.message)}", file=sys.stderr)
+                bar.write(f"{PROG}: {where}: {_one_line(message)}", file=sys.stderr)
                 continue
             learned += 1
     seconds = time.monotonic() - started
@@ -184,6 +191,13 @@ def _learn(client: Client, args: argparse.Namespace) -> int:
     if learned:
         print(f"metrics: {json.dumps(client.metrics(args.model))}", flush=True)
     return 1 if failed and not learned else 0
+
+
+def _target_hint(args: argparse.Namespace, target: Any) -> str:
+    """What to try when the server refused a target the file gave as a word such as 'true'."""
+    if args.target_type == "auto" and isinstance(target, str) and target.strip().lower() in BOOLEAN_WORDS:
+        return f" (the target {target!r} was sent as text: for a binary model pass --target-type bool)"
+    return ""
 
 
 def _predict(client: Client, args: argparse.Namespace) -> int:
@@ -280,11 +294,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--retries cannot be negative")
         if args.verbose:
             logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
-        url = args.url or defaults.cli_baseurl()
+        url = args.url or defaults.default_baseurl()
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"--url must start with http:// or https://, not {url!r}")
         with Client(url, quiet=not args.verbose, prefix=args.prefix, timeout=args.timeout,
                     retries=args.retries) as client:
+            client.credentials_hint = CREDENTIALS_HINT
             return _run(client, args)
     except (UsageError, InputError, ValueError) as error:
         print(f"{PROG}: error: {_one_line(str(error))}", file=sys.stderr)

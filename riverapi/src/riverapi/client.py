@@ -79,7 +79,8 @@ def _reason(error: BaseException) -> str:
 class Client:
     """Talk to a River API server (django-river-ml).
 
-    ``baseurl`` defaults to ``http://127.0.0.1:8000`` and ``prefix`` to ``api``: calls go to
+    ``baseurl`` defaults to ``$RIVER_API_URL`` (as for the command line), else
+    ``http://127.0.0.1:8000``, and ``prefix`` to ``api``: calls go to
     ``<baseurl>/<prefix>/...``. ``quiet=False`` logs every call on the ``riverapi`` logger (INFO;
     the answers at DEBUG). ``timeout`` (seconds, or a ``(connect, read)`` pair) applies to every
     call; GET, DELETE and HEAD are retried ``retries`` times with exponential back-off
@@ -90,6 +91,11 @@ class Client:
     Errors are raised as :mod:`riverapi.exceptions` types; nothing calls ``sys.exit``.
     """
 
+    #: What a 401 asking for credentials tells to do (the command line, which has no such
+    #: arguments, says its own).
+    credentials_hint = (f"export {defaults.USER_ENV} and {defaults.TOKEN_ENV} "
+                        "(or pass user= and token= to Client)")
+
     #: The flavors the server documents. Informational only: the server judges a flavor.
     flavors = ("regression", "binary", "multiclass", "cluster", "anomaly", "custom")
 
@@ -97,7 +103,7 @@ class Client:
                  timeout: float | tuple[float, float] | None = defaults.timeout, retries: int = defaults.retries,
                  backoff_factor: float = defaults.backoff_factor, user: str | None = None,
                  token: str | None = None, session: requests.Session | None = None):
-        self.baseurl = (baseurl or defaults.baseurl).rstrip("/")
+        self.baseurl = (baseurl or defaults.default_baseurl()).rstrip("/")
         self.quiet = quiet
         self.prefix = prefix if prefix is not None else ""
         self.timeout = timeout
@@ -230,9 +236,8 @@ class Client:
         if not challenge.realm:
             return False
         if not (self.user and self.token):
-            raise AuthenticationError(
-                f"{response.url} requires a token: export {defaults.USER_ENV} and {defaults.TOKEN_ENV} "
-                "(or pass user= and token= to Client).", status_code=response.status_code, response=response)
+            raise AuthenticationError(f"{response.url} requires a token: {self.credentials_hint}.",
+                                      status_code=response.status_code, response=response)
         bearer = request_token(self.session, challenge, self.user, self.token, timeout=self.timeout,
                                headers={"User-Agent": self.headers["User-Agent"]}, server=self.baseurl)
         self.headers["Authorization"] = f"Bearer {bearer}"

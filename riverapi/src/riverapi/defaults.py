@@ -23,10 +23,10 @@ backoff_factor = 0.5
 USER_ENV = "RIVER_ML_USER"
 TOKEN_ENV = "RIVER_ML_TOKEN"
 
-#: Environment variable the command line reads the server's URL from.
+#: Environment variable the client and the command line read the server's URL from.
 URL_ENV = "RIVER_API_URL"
 
 
-def cli_baseurl() -> str:
-    """The command line's default server: ``$RIVER_API_URL``, else :data:`baseurl`."""
+def default_baseurl() -> str:
+    """The server when none is given: ``$RIVER_API_URL``, else :data:`baseurl`."""
     return os.environ.get(URL_ENV) or baseurl

@@ -8,6 +8,7 @@ metric is a progressive-validation score. Open the printed URL to watch the dash
     python manage.py demo                      # serve on 127.0.0.1:8000 and feed forever
     python manage.py demo --limit 100          # stop after 100 examples per model
     python manage.py demo --no-server --port 8000   # feed a server that is already running
+    python manage.py demo --workers 4 --rate 50     # gunicorn workers; examples per second per model
 
 Only river's bundled datasets are used (nothing is downloaded). Ctrl-C or SIGTERM stops the
 feeder, then the server.
@@ -89,8 +90,11 @@ def demo_models() -> list[DemoModel]:
     ]
 
 
-# Routes the demo server protects; models, metrics, stats and service info stay open for the dashboard.
-DEMO_PROTECTED_ROUTES = ("learn", "predict", "label", "model", "model_upload", "model_delete", "model_download")
+# Routes the demo server protects. Models, a model's parameters (the `model` route: its uploads and
+# deletes still need a credential), metrics, stats, service info, the schema and its docs page stay
+# open, so the dashboard and every link the demo prints work in a browser without a login.
+DEMO_PROTECTED_ROUTES = ("learn", "predict", "label", "model_upload", "model_delete", "model_download",
+                         "model_access")
 
 
 def demo_token() -> str:
@@ -218,7 +222,8 @@ class Command(BaseCommand):
         for model in models:
             self.say(f"  {model.name:<16} {model.flavor:<10} {model.description}")
         if self.token:
-            self.say(f"  Writes need a credential; the demo user's API token is {self.token}")
+            self.say(f"  Learning, predicting, labelling, uploads, downloads and deletes need a credential; "
+                     f"the demo user's API token is {self.token}")
             self.say(f"  (any user's: python manage.py river_token USER --create-user). For example:")
             self.say(f"    curl -H 'Authorization: Token {self.token}' -H 'Content-Type: application/json' \\")
             self.say(f"      -d '{{\"model\": \"{first}\", \"features\": {{}}}}' {self.api}predict/")
