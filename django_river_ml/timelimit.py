@@ -86,9 +86,12 @@ class _Watchdog:
         deadline = time.monotonic() + seconds if seconds and seconds > 0 else float("inf")
         ceiling = float("inf")
         if memory_bytes and memory_bytes > 0:
-            # The watchdog's last reading (taken every POLL_SECONDS while calls run): reading /proc costs
-            # ~20 µs, more than the call it guards; a stale baseline only shifts a large limit a little.
-            resident = self._resident if self._resident is not None else resident_bytes()
+            # The watchdog's reading, taken every POLL_SECONDS while calls run (reading /proc costs ~20 µs,
+            # more than the call it guards); a fresh one when it is over a second old.
+            resident = self._resident
+            if resident is None or time.monotonic() - self._resident_at > 1.0:
+                resident = self._resident = resident_bytes()
+                self._resident_at = time.monotonic()
             ceiling = resident + memory_bytes if resident is not None else ceiling
         with self._lock:
             self._deadlines[ident] = (deadline, ceiling)

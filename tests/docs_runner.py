@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import time
@@ -69,6 +70,28 @@ def reader_environment(extra: dict[str, str]) -> dict[str, str]:
                                   if p and os.path.realpath(p) != os.path.realpath(venv_bin))
     env.update(extra)
     return env
+
+
+# Console scripts a document may call, as the packages that own them would have made them.
+SCRIPTS = {"pip": ("pip._internal.cli.main", "main"), "gunicorn": ("gunicorn.app.wsgiapp", "run"),
+           "riverapi": ("riverapi.cli", "main"), "django-admin": ("django.core.management", "execute_from_command_line")}
+
+
+def virtualenv_seeing_ours(where: Path, scripts: tuple[str, ...]) -> Path:
+    """A new virtualenv that imports this one's packages (through a .pth) but installs into itself:
+    a document that pip-installs or runs `make install` cannot change the test suite's own."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    python = where / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    ours = sysconfig.get_paths()["purelib"]
+    Path(purelib, "_test_suite_packages.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    for name in scripts:
+        module, function = SCRIPTS[name]
+        script = where / "bin" / name
+        script.write_text(f"#!{python}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+        script.chmod(0o755)
+    return where
 
 
 class BlockFailed(AssertionError):
@@ -121,8 +144,7 @@ class DocumentRun:
         script = self.scratch / "block.sh"
         script.write_text(f"set -e -o pipefail\n{source}\n"
                           f"env -0 > {shlex.quote(str(state))}.env\npwd > {shlex.quote(str(state))}.pwd\n")
-        result = subprocess.run(["bash", str(script)], cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                                timeout=BLOCK_TIMEOUT)
+        result = run_in_own_group(["bash", str(script)], cwd=self.cwd, env=self.env)
         if result.returncode != 0:
             raise BlockFailed(f"{self.where(example)}: the bash block exited {result.returncode}:\n{source}\n"
                               f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}")
@@ -189,8 +211,8 @@ class DocumentRun:
         return found
 
     def _manage_py_shell(self, example: Example, source: str) -> None:
-        result = subprocess.run([self._which_python(), "manage.py", "shell", "-c", source], cwd=self.cwd, env=self.env,
-                                capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
+        result = run_in_own_group([self._which_python(), "manage.py", "shell", "-c", source], cwd=self.cwd,
+                                  env=self.env)
         if result.returncode != 0:
             raise BlockFailed(f"{self.where(example)}: `python manage.py shell` in {self.cwd} failed:\n{source}\n"
                               f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-6000:]}")
@@ -270,6 +292,24 @@ WORKER = textwrap.dedent("""
         answers.write(json.dumps({"error": error}) + "\\n")
         answers.flush()
 """)
+
+
+def run_in_own_group(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run to the end, or BLOCK_TIMEOUT; then everything it started is killed, not only itself."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, **kwargs)
+    try:
+        stdout, stderr = process.communicate(timeout=BLOCK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        stderr += f"\n(killed after {BLOCK_TIMEOUT} s)"
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # what it left running in the background
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _evaluator(kind: str):

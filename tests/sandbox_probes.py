@@ -158,3 +158,18 @@ class Hoarder(base.Regressor):
 
     def predict_one(self, x):
         return float(len(self.seen))
+
+
+class Greedy(Misbehaves):
+    """Grabs memory when a feature says so (at most ``x["hog"]`` MiB): a model that passes its trial."""
+
+    def __init__(self):
+        self.n = 0
+
+    def learn_one(self, x, y):
+        grabbed = [bytearray(1 << 20) for _ in range(int(x.get("hog", 0)))]
+        del grabbed
+        self.n += 1
+
+    def predict_one(self, x):
+        return float(self.n)

@@ -20,13 +20,12 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 import requests
 
-from docs_runner import DocumentRun, parse, reader_environment, scratch_dir
+from docs_runner import DocumentRun, parse, reader_environment, scratch_dir, virtualenv_seeing_ours
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")) + ["riverapi/README.md"]
@@ -49,7 +48,8 @@ def workspace():
     directory = scratch_dir()
     checkout = directory / "django-river-ml"
     shutil.copytree(ROOT, checkout, ignore=NOT_IN_A_CLONE, symlinks=True)
-    (checkout / ".venv").symlink_to(sys.prefix)
+    # What `make install` makes, but a virtualenv of its own: nothing a document runs installs into ours.
+    virtualenv_seeing_ours(checkout / ".venv", ("pip", "gunicorn", "riverapi", "django-admin"))
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 
@@ -126,7 +126,8 @@ def test_every_example_of_a_document_runs(doc, workspace, docs_server, settings_
     scratch = scratch_dir()
     (scratch / "home").mkdir()
     run = DocumentRun(ROOT / doc, cwd=workspace / "django-river-ml", scratch=scratch,
-                      env=reader_environment({"RIVER_API_URL": docs_server, "HOME": str(scratch / "home")}),
+                      env=reader_environment({"RIVER_API_URL": docs_server, "HOME": str(scratch / "home"),
+                                              "PIP_NO_INDEX": "1"}),
                       settings_check=settings_check)
     try:
         run.run()
@@ -137,30 +138,13 @@ def test_every_example_of_a_document_runs(doc, workspace, docs_server, settings_
     assert len(run.ran) + len(run.skipped) == len(blocks), (doc, run.ran, run.skipped)
 
 
-def site_virtualenv(where: Path) -> Path:
-    """A new virtualenv that sees this one's packages, with a `pip` of its own, installing offline."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
-    python = where / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    ours = sysconfig.get_paths()["purelib"]
-    Path(purelib, "_test_suite_packages.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
-    # The commands pip would have made had it installed pip and Django into it.
-    for command, module in (("pip", "pip._internal.cli.main"), ("django-admin", "django.core.management")):
-        function = "main" if command == "pip" else "execute_from_command_line"
-        script = where / "bin" / command
-        script.write_text(f"#!{python}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
-        script.chmod(0o755)
-    return where
-
-
 @pytest.mark.live
 def test_the_readme_makes_a_new_site_that_serves_the_api(workspace, settings_check):
     """README.md top to bottom: install from the checkout, startproject, migrate, a token, runserver,
     the riverapi and DjangoClient snippets, and the production check."""
     scratch = scratch_dir()
     (scratch / "home").mkdir()
-    venv = site_virtualenv(scratch / "site-venv")
+    venv = virtualenv_seeing_ours(scratch / "site-venv", ("pip", "django-admin"))
     env = reader_environment({"HOME": str(scratch / "home"), "VIRTUAL_ENV": str(venv),
                               # pip as configured offline: the dependencies are the test suite's, seen through
                               # the .pth; the build uses its setuptools instead of downloading one.

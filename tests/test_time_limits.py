@@ -52,9 +52,11 @@ def test_catching_up_on_a_slow_entry_answers_busy_and_rejects_nothing(slow_model
     assert not entry.rejected  # not this worker's verdict: the entry may have been acknowledged
 
 
-def test_an_entry_finished_here_but_rejected_by_its_appender_is_undone(slow_model):
+def test_an_entry_finished_here_but_rejected_by_its_appender_is_undone(slow_model, settings):
+    # A roomier limit: the entry must finish within the catch-up time even on a loaded machine.
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "CALL_TIME_LIMIT_SECONDS": 1.0}
     fast_worker = DjangoClient(store=slow_model.store)
-    seq = appended_by_another_worker(slow_model, {"slow": LIMIT * 1.5})  # over the limit, under catch-up
+    seq = appended_by_another_worker(slow_model, {"slow": 1.2})  # over the limit, well under catch-up (3 s)
     assert prediction(fast_worker) == 2.0  # this worker caught up and applied it
     # Its appender ran out of time on it: it rejects the entry and logs the retraction.
     registry = slow_model.registry
@@ -65,3 +67,14 @@ def test_an_entry_finished_here_but_rejected_by_its_appender_is_undone(slow_mode
     assert prediction(DjangoClient(store=slow_model.store)) == 1.0  # a new worker never sees it
     slow_model.learn("slow", {"x": 2.0}, ground_truth=1.0)
     assert prediction(fast_worker) == prediction(slow_model) == 2.0
+
+
+def test_a_learn_that_grows_the_process_past_the_memory_limit_is_rejected(backend, settings):
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "CALL_MEMORY_LIMIT_BYTES": 64 * 1024 * 1024}
+    client = DjangoClient()
+    client.upload_model(sandbox_probes.Greedy(), "regression", model_name="greedy")
+    client.learn("greedy", {"hog": 8}, ground_truth=1.0)  # 8 MiB: within the limit
+    with pytest.raises(ModelFailed, match="CALL_MEMORY_LIMIT_BYTES"):
+        client.learn("greedy", {"hog": 4096}, ground_truth=1.0)  # would take 4 GiB
+    assert client.predict("greedy", {})["prediction"] == 1.0
+    assert DjangoClient(store=client.store).predict("greedy", {})["prediction"] == 1.0
