@@ -261,8 +261,10 @@ class RiverSettings:
         if self.THROTTLE_CACHE not in django_settings.CACHES:
             found.append(f"THROTTLE_CACHE is {self.THROTTLE_CACHE!r}, which is not a cache in CACHES")
         docs_url = self.DOCUMENTATION_URL
-        if docs_url is not None and not (isinstance(docs_url, str) and docs_url.startswith(("http://", "https://", "/"))):
-            found.append(f"DOCUMENTATION_URL must be None, an http(s) URL or a path starting with '/', not {docs_url!r}")
+        url_like = isinstance(docs_url, str) and docs_url.startswith(("https://", "http://", "/"))
+        if docs_url is not None and not url_like:
+            found.append(f"DOCUMENTATION_URL must be None, an http(s) URL or a path starting with '/', "
+                         f"not {docs_url!r}")
         return found
 
     def documentation_url(self, baseurl: str = "") -> str:

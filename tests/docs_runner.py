@@ -74,7 +74,8 @@ def reader_environment(extra: dict[str, str]) -> dict[str, str]:
 
 # Console scripts a document may call, as the packages that own them would have made them.
 SCRIPTS = {"pip": ("pip._internal.cli.main", "main"), "gunicorn": ("gunicorn.app.wsgiapp", "run"),
-           "riverapi": ("riverapi.cli", "main"), "django-admin": ("django.core.management", "execute_from_command_line")}
+           "riverapi": ("riverapi.cli", "main"),
+           "django-admin": ("django.core.management", "execute_from_command_line")}
 
 
 def virtualenv_seeing_ours(where: Path, scripts: tuple[str, ...]) -> Path:

@@ -156,10 +156,10 @@ def test_the_readme_makes_a_new_site_that_serves_the_api(workspace, settings_che
         run.run()
         site = workspace / "mysite"
         assert (site / "db.sqlite3").is_file() and (site / "river_ml_data").is_dir()
-        installed = subprocess.run([str(venv / "bin" / "python"), "-c",
-                                    "import django_river_ml, riverapi; print(django_river_ml.__file__, riverapi.__file__)"],
-                                   cwd=site, capture_output=True, text=True, check=True).stdout
-        assert installed.count(str(venv)) == 2, f"not installed from the checkout into the site's virtualenv: {installed}"
+        where = "import django_river_ml, riverapi; print(django_river_ml.__file__, riverapi.__file__)"
+        installed = subprocess.run([str(venv / "bin" / "python"), "-c", where], cwd=site, capture_output=True,
+                                   text=True, check=True).stdout
+        assert installed.count(str(venv)) == 2, f"not installed from the checkout into the site's venv: {installed}"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         print({line: round(t, 1) for line, t in run.seconds.items()})
