@@ -27,6 +27,7 @@ from django_river_ml.flavors import Flavor, get_flavor
 from django_river_ml.growth import GrowthWatch
 from django_river_ml.settings import river_settings
 from django_river_ml.storage import ModelInfo, Store, get_store
+from django_river_ml.storage.base import FULL
 from django_river_ml.timelimit import CallLimitExceeded, ModelCrashed, run_limited
 
 logger = logging.getLogger(__name__)
@@ -245,9 +246,9 @@ class ModelRegistry:
                                        or entries[-1].seq != upto or len(entries) != upto - replica.seq):
                 raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
             for entry in entries:
-                if replica.growth.due(entry.seq):
-                    self._measure(replica)
                 if entry.rejected:
+                    if entry.rejected == FULL:  # the learn that took the model past MAX_MODEL_BYTES
+                        replica.growth = replica.growth.filled(entry.seq)
                     replica.seq = entry.seq
                     replica.skipped.add(entry.seq)
                     continue
@@ -258,8 +259,8 @@ class ModelRegistry:
                     replica.seq = entry.seq
                     continue
                 if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") != "predict":
-                    # Every replica measured the same size at the same position: all reject this learn.
-                    self.store.reject(replica.incarnation, entry.seq)
+                    # A learn after the one that filled the model: every replica rejects it alike.
+                    self.store.reject(replica.incarnation, entry.seq, FULL)
                     replica.seq = entry.seq
                     replica.skipped.add(entry.seq)
                     if entry.seq == watch:
@@ -300,6 +301,14 @@ class ModelRegistry:
                 replica.seq = entry.seq
                 if entry.seq == watch:
                     outcome.prediction = prediction
+                if data.get("op") != "predict" and replica.growth.due(entry.seq) and self._measure(replica):
+                    # Every replica measures here and finds the same size: all reject this learn.
+                    if entry.seq == watch:
+                        outcome.error, outcome.prediction = model_full(replica), None
+                    self.store.reject(replica.incarnation, entry.seq, FULL)
+                    replica.seq = -1
+                    self._rebuild(replica)
+                    break
         if len(replica.skipped) > 2 * SKIPPED_KEPT:
             replica.skipped_from = max(replica.skipped_from, replica.seq - RETRACT_WINDOW)
             replica.skipped = {seq for seq in replica.skipped if seq > replica.skipped_from}
@@ -321,8 +330,8 @@ class ModelRegistry:
         return True
 
     @staticmethod
-    def _measure(replica: Replica) -> None:
-        """Measure the model as a snapshot would store it (see :mod:`django_river_ml.growth`)."""
+    def _measure(replica: Replica) -> bool:
+        """Measure the model as a snapshot would store it (see :mod:`django_river_ml.growth`); True if over."""
         try:
             size = len(run_limited(None, dump_state, replica.model, replica.metrics))
         except Exception:  # a model that cannot be pickled fails alike everywhere: measure it later
@@ -330,6 +339,7 @@ class ModelRegistry:
             size = replica.growth.size
         replica.growth = replica.growth.measured(size, replica.seq, river_settings.MAX_MODEL_BYTES,
                                                  river_settings.SNAPSHOT_EVERY)
+        return replica.growth.full
 
     @staticmethod
     def _apply(replica: Replica, entry: dict) -> Any:

@@ -42,8 +42,7 @@ def test_a_model_stops_learning_at_the_limit_and_keeps_predicting(small_limit):
     accepted = learn_until_full(client, "hoard")
     assert 0 < accepted < 200
     size = stored_size(client, "hoard")
-    one_row = len(pickle.dumps(ROW))
-    assert size <= small_limit + 2 * one_row, (size, small_limit)
+    assert size <= small_limit < size + len(pickle.dumps(ROW)) * 2, (size, small_limit)  # the crossing learn went
     with pytest.raises(ModelFull, match="MAX_MODEL_BYTES"):
         client.learn("hoard", ROW, ground_truth=1.0)
     assert client.predict("hoard", ROW)["prediction"] == float(accepted)
@@ -88,3 +87,18 @@ def test_over_http_a_full_model_answers_409_naming_the_limit(api, small_limit):
     assert full and all(response.status_code in (201, 409) for response in statuses)
     assert "MAX_MODEL_BYTES" in full[0].json()["message"]
     assert api.post("/api/predict/", {"model": "hoard", "features": ROW}, format="json").status_code in (200, 201)
+
+
+def test_the_learn_that_filled_the_model_is_marked_full_in_the_log(small_limit, settings):
+    from django_river_ml.storage.base import FULL
+
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "SNAPSHOT_EVERY": 100_000}  # keep the whole log
+    client = DjangoClient()
+    client.upload_model(sandbox_probes.Hoarder(), "regression", model_name="hoard")
+    accepted = learn_until_full(client, "hoard")
+    info = client.store.model_info("hoard")
+    reasons = [entry.rejected for entry in client.store.entries(info.incarnation, 0, info.head)]
+    assert reasons[accepted] == FULL and not any(reasons[:accepted]), reasons
+    # A worker that starts now reads the mark and refuses learns without measuring anything.
+    with pytest.raises(ModelFull):
+        DjangoClient(store=client.store).learn("hoard", ROW, ground_truth=1.0)

@@ -135,7 +135,11 @@ def test_state_survives_a_restart(backend, settings):
 
 
 def test_request_path_does_not_pickle_the_model(backend, monkeypatch):
-    """Learn and predict apply log entries; they never (de)serialize the whole model."""
+    """Learn and predict apply log entries; they never (de)serialize the whole model.
+
+    The one exception is growth.py's size measurement, at scheduled learns only (the first
+    after 16 learns, then every SNAPSHOT_EVERY for a model far from MAX_MODEL_BYTES).
+    """
     client = worker()
     client.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "fast")
     client.predict("fast", {"x": 1.0})  # the replica is loaded once
@@ -148,7 +152,7 @@ def test_request_path_does_not_pickle_the_model(backend, monkeypatch):
     for x, y in examples("regression", 50):
         client.learn("fast", x, ground_truth=y)
         client.predict("fast", x)
-    assert calls == []
+    assert calls == ["dump"]  # one measurement in 100 requests, no load
 
 
 def test_deleted_model_is_gone_for_other_workers(backend):

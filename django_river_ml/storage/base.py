@@ -54,11 +54,16 @@ class ModelInfo:
     access: Access = Access()
 
 
+# Why an entry was rejected (LogEntry.rejected).
+REJECTED = 1
+FULL = 2  # it took the model past MAX_MODEL_BYTES: the model learns no more from here on
+
+
 @dataclass(frozen=True)
 class LogEntry:
     seq: int
     data: bytes
-    rejected: bool
+    rejected: int  # 0: applied; REJECTED: the model raised or ran over a limit; FULL: see growth.py
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,8 @@ class Store(abc.ABC):
         """Entries with after < seq <= upto, in order (trimmed ones are absent)."""
 
     @abc.abstractmethod
-    def reject(self, incarnation: str, seq: int) -> None:
-        """Mark an entry as rejected: replicas skip it from now on."""
+    def reject(self, incarnation: str, seq: int, reason: int = 1) -> None:
+        """Mark an entry as rejected (``REJECTED``, or ``FULL``): replicas skip it from now on."""
 
     # Snapshots -------------------------------------------------------------
 

@@ -9,7 +9,7 @@ never lost. Keys (prefix ``REDIS_KEY_PREFIX``)::
     <p>:model:<name>               hash: flavor, incarnation, head, created, owner, users, groups
     <p>:owned:<owner>              set of the names of the models a user owns (for quotas)
     <p>:log:<incarnation>          stream of entries
-    <p>:rejected:<incarnation>     set of rejected sequence numbers
+    <p>:rejected:<incarnation>     set of rejected sequence numbers ("<seq>:2": rejected as full)
     <p>:snapshots:<incarnation>    sorted set of snapshot sequence numbers
     <p>:snapshot:<incarnation>:<seq>
     <p>:id:<name>:<identifier>     pending prediction, with a TTL
@@ -284,15 +284,18 @@ class RedisStore(Store):
         pipe.xrange(self.key("log", incarnation), f"{after + 1}-0", f"{upto}-1")
         pipe.smembers(self.key("rejected", incarnation))
         rows, rejected = self._call(pipe.execute)
-        rejected = {int(seq) for seq in rejected}
+        reasons = {}
+        for member in rejected:  # "<seq>" (the model raised), "<seq>:<reason>" (another reason)
+            seq, _, reason = member.decode().partition(":")
+            reasons[int(seq)] = max(reasons.get(int(seq), 0), int(reason or 1))
         result = []
         for entry_id, fields in rows:
             seq = int(entry_id.split(b"-")[0])
-            result.append(LogEntry(seq, fields[b"d"], seq in rejected))
+            result.append(LogEntry(seq, fields[b"d"], reasons.get(seq, 0)))
         return result
 
-    def reject(self, incarnation, seq):
-        self._call(self.redis.sadd, self.key("rejected", incarnation), seq)
+    def reject(self, incarnation, seq, reason=1):
+        self._call(self.redis.sadd, self.key("rejected", incarnation), seq if reason == 1 else f"{seq}:{reason}")
 
     # Snapshots
 

@@ -225,11 +225,11 @@ class ShelveStore(Store):
             "SELECT seq, data, rejected FROM log WHERE incarnation = ? AND seq > ? AND seq <= ? ORDER BY seq",
             (incarnation, after, upto),
         )
-        return [LogEntry(seq, data, bool(rejected)) for seq, data, rejected in rows]
+        return [LogEntry(seq, data, int(rejected)) for seq, data, rejected in rows]
 
-    def reject(self, incarnation, seq):
+    def reject(self, incarnation, seq, reason=1):
         with self._write() as db:
-            db.execute("UPDATE log SET rejected = 1 WHERE incarnation = ? AND seq = ?", (incarnation, seq))
+            db.execute("UPDATE log SET rejected = ? WHERE incarnation = ? AND seq = ?", (int(reason), incarnation, seq))
 
     # Snapshots
 
