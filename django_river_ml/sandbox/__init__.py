@@ -59,8 +59,6 @@ def _reported_errors() -> dict[str, type]:
 class SandboxLimit(InvalidModel):
     """The upload hit a limit of the sandbox (the message names the setting)."""
 
-    status_code = 400
-
 
 class SandboxUnavailable(RiverMLError):
     """The sandbox process could not be started or stopped answering."""

@@ -41,8 +41,6 @@ def _on_trial_timer(signum, frame):
 
 def trial(model: Any, flavor, seconds: float) -> str:
     """Learn two rows and predict one, under a timer; say how it went."""
-    from django_river_ml.flavors import last_step  # noqa: F401 - imported before the timer starts
-
     target = TRIAL_TARGETS.get(flavor.name) if flavor.supervised or flavor.name == "custom" else None
     signal.signal(signal.SIGALRM, _on_trial_timer)
     signal.setitimer(signal.ITIMER_REAL, seconds)
