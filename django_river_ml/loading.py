@@ -49,7 +49,6 @@ from django_river_ml.allowlist import (
     CALLED_RIVER_CLASSES,
     DATA_TYPES,
     NUMERIC_KINDS,
-    RIVER_IO_MODULES,
     RIVER_MODULES,
     STDLIB_CLASSES,
     NotAllowed,
@@ -57,14 +56,13 @@ from django_river_ml.allowlist import (
     full_name,
     held_function_allowed,
     held_method_allowed,
-    in_modules,
     is_dunder,
     resolve_global,
     static_method,
 )
 from django_river_ml.exceptions import InvalidModel
 
-__all__ = ["RIVER_IO_MODULES", "RIVER_MODULES", "UnsafeModel", "in_modules", "load_model"]
+__all__ = ["UnsafeModel", "load_model"]
 
 MAX_OPERATIONS = 50_000_000
 MAX_MEMO = 5_000_000
@@ -517,20 +515,11 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python 
             return stopinst.value
 
 
-for _name in ("load_reduce", "load_newobj", "load_newobj_ex", "load_build", "load_setitem", "load_setitems",
-              "load_additems", "load_frozenset", "load_append", "load_appends", "load_mark", "load_put",
-              "load_binput", "load_long_binput", "load_memoize", "load_inst", "load_obj", "load_ext1", "load_ext2",
-              "load_ext4", "load_persid", "load_binpersid"):
-    _opcode = {
-        "load_reduce": pickle.REDUCE, "load_newobj": pickle.NEWOBJ, "load_newobj_ex": pickle.NEWOBJ_EX,
-        "load_build": pickle.BUILD, "load_setitem": pickle.SETITEM, "load_setitems": pickle.SETITEMS,
-        "load_additems": pickle.ADDITEMS, "load_frozenset": pickle.FROZENSET, "load_append": pickle.APPEND,
-        "load_appends": pickle.APPENDS, "load_mark": pickle.MARK, "load_put": pickle.PUT,
-        "load_binput": pickle.BINPUT, "load_long_binput": pickle.LONG_BINPUT, "load_memoize": pickle.MEMOIZE,
-        "load_inst": pickle.INST, "load_obj": pickle.OBJ, "load_ext1": pickle.EXT1, "load_ext2": pickle.EXT2,
-        "load_ext4": pickle.EXT4, "load_persid": pickle.PERSID, "load_binpersid": pickle.BINPERSID,
-    }[_name]
-    RestrictedUnpickler.dispatch[_opcode[0]] = getattr(RestrictedUnpickler, _name)
+# Every instruction the class handles itself replaces the base one in its dispatch table.
+for _opcode, _base in pickle._Unpickler.dispatch.items():  # noqa: SLF001
+    _own = getattr(RestrictedUnpickler, _base.__name__)
+    if _own is not _base:
+        RestrictedUnpickler.dispatch[_opcode] = _own
 
 
 def _check_partial_state(state: Any) -> None:

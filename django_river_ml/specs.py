@@ -50,7 +50,7 @@ from typing import Any
 from river import base, compose
 
 from django_river_ml.exceptions import InvalidModel
-from django_river_ml.allowlist import RIVER_IO_MODULES, in_modules
+from django_river_ml.allowlist import module_allowed
 from django_river_ml.validation import MAX_NESTING, nested_deeper_than
 
 CLASS_NAME = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*")
@@ -63,7 +63,7 @@ def resolve_class(name: Any) -> type:
         raise InvalidModel(f"{name!r} is not a public river class name such as 'linear_model.LinearRegression'.")
     module_name, _, class_name = name.rpartition(".")
     full_module = f"river.{module_name}"
-    if any(part.startswith("_") for part in module_name.split(".")) or in_modules(full_module, RIVER_IO_MODULES):
+    if any(part.startswith("_") for part in module_name.split(".")) or not module_allowed(full_module):
         raise InvalidModel(f"{name!r} is not a public river class usable in a model.")
     try:
         module = importlib.import_module(full_module)

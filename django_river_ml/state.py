@@ -182,11 +182,10 @@ class ModelRegistry:
                     self._snapshot(replica)
             if outcome.error is not None:
                 error = outcome.error
-                if isinstance(error, CallLimitExceeded):
-                    self._retract(name, replica, seq)
                 if isinstance(error, ModelFull):
                     raise error
                 if isinstance(error, CallLimitExceeded):
+                    self._retract(name, replica, seq)
                     raise ModelFailed(f"The model stopped on this input: {error}; it was left unchanged.")
                 raise ModelFailed(
                     f"The model raised on this input ({type(error).__name__}: {error}); it was left unchanged."
@@ -199,9 +198,9 @@ class ModelRegistry:
     def _retract(self, name: str, replica: Replica, seq: int) -> None:
         """Tell every replica that entry ``seq`` is rejected: one that applied it meanwhile rolls back.
 
-        A time limit is the one verdict that is not the same everywhere, so only the
-        worker that appended an entry may reject it for running long; another worker
-        may have finished it first, and this log entry makes it undo that.
+        Time and memory limits are the verdicts that are not the same everywhere, so
+        only the worker that appended an entry may reject it for going over them;
+        another worker may have finished it first, and this log entry makes it undo that.
         """
         try:
             self.store.append(name, replica.incarnation, pickle.dumps({"op": "retract", "seq": seq}))
@@ -273,9 +272,11 @@ class ModelRegistry:
                     factor = 1 if entry.seq == watch else CATCH_UP_FACTOR
                     prediction = run_limited(limit * factor, self._apply, replica, data,
                                              memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES * factor)
-                except CallLimitExceeded as error:
+                except Exception as error:  # the model raised or ran over a limit: reject, rebuild here
+                    # Half-applied until rebuilt: if the store fails before that, the next advance
+                    # finds no entry after -1 and starts from a snapshot.
                     replica.seq = -1
-                    if entry.seq != watch:
+                    if isinstance(error, CallLimitExceeded) and entry.seq != watch:
                         self._rebuild(replica)
                         if watch is not None:  # our own entry, not reached: ours to judge, and not applied
                             self.store.reject(replica.incarnation, watch)
@@ -283,16 +284,7 @@ class ModelRegistry:
                             f"Model {replica.name!r} is catching up with an entry that went over its limits "
                             f"here ({error}); try again shortly."
                         ) from None
-                    logger.info("Model %s rejected entry %s: %s", replica.name, entry.seq, error)
-                    self.store.reject(replica.incarnation, entry.seq)
-                    outcome.error = error
-                    self._rebuild(replica)
-                    break
-                except Exception as error:  # the model raised: reject everywhere, rebuild here
                     logger.info("Model %s rejected entry %s: %r", replica.name, entry.seq, error)
-                    # Half-applied until rebuilt: if the store fails before that, the next advance
-                    # finds no entry after -1 and starts from a snapshot.
-                    replica.seq = -1
                     self.store.reject(replica.incarnation, entry.seq)
                     if entry.seq == watch:
                         outcome.error = error

@@ -1,27 +1,28 @@
-"""A time limit on one call into a model, in any thread.
+"""Time and memory limits on one call into a model, in any thread.
 
 A learn or predict runs in the request's thread (the main thread under a sync
 gunicorn worker, a pool thread under ASGI or gthread), so ``SIGALRM`` cannot
-be used. One watchdog thread per process keeps the deadlines; when one passes
-it raises :class:`CallTimeout` in the late thread with
-``PyThreadState_SetAsyncExc``, which takes effect at the next Python bytecode
-— river models are Python, so a runaway ``learn_one`` stops within
-microseconds. (A single long call into C, such as one huge numpy operation,
-finishes first; uploads are tried under a timer before they are accepted.)
+be used. One watchdog thread per process keeps the deadlines and memory
+ceilings; when one is passed it raises :class:`CallTimeout` (or
+:class:`CallOverMemory`) in that thread with ``PyThreadState_SetAsyncExc``,
+which takes effect at the next Python bytecode — river models are Python, so a
+runaway ``learn_one`` stops within microseconds. (A single long call into C,
+such as one huge numpy operation, finishes first.)
 
-The exception is a ``BaseException``, so a model's ``except Exception``
-cannot swallow it, and it can only surface inside the ``with`` block: leaving
-the block cancels a pending one.
+Those exceptions are ``BaseException`` s, so a model's ``except Exception``
+cannot swallow them; :func:`run_limited`, the one way in, turns them into
+ordinary exceptions and cancels one still pending when the call ends.
 
->>> with time_limit(1.0):
-...     total = sum(range(1000))
+>>> run_limited(1.0, sum, range(1000))
+499500
 >>> import time
->>> with time_limit(0.05):
+>>> def forever():
 ...     while True:
 ...         time.sleep(0.001)
+>>> run_limited(0.05, forever)
 Traceback (most recent call last):
 ...
-django_river_ml.timelimit.CallTimeout
+django_river_ml.timelimit.TimeLimitExceeded: it ran longer than CALL_TIME_LIMIT_SECONDS (0.05 s) allows
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import ctypes
 import os
 import threading
 import time
-from contextlib import contextmanager
 
 _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
     ("PyThreadState_SetAsyncExc", ctypes.pythonapi))
@@ -132,19 +132,6 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
-
-
-@contextmanager
-def time_limit(seconds: float | None):
-    """Raise :class:`CallTimeout` in this thread if the block runs longer than ``seconds`` (None/0: no limit)."""
-    if not seconds or seconds <= 0:
-        yield
-        return
-    ident = _watchdog.arm(seconds)
-    try:
-        yield
-    finally:
-        _watchdog.disarm(ident)
 
 
 class CallLimitExceeded(Exception):
