@@ -28,10 +28,11 @@ install: $(VENV)/.installed
 demo: install
 	cd example_project && ../$(PY) manage.py migrate --verbosity 0 && ../$(PY) manage.py demo --port $(PORT)
 
+# ASGI: gunicorn with uvicorn workers, so the event streams (/api/stream/...) hold connections, not workers.
 serve: install
 	cd example_project && ../$(PY) manage.py migrate --verbosity 0 && \
-		../$(VENV)/bin/gunicorn example_project.wsgi --workers $(WORKERS) --bind 127.0.0.1:$(PORT) \
-		--access-logfile -
+		../$(VENV)/bin/gunicorn example_project.asgi:application -k uvicorn_worker.UvicornWorker \
+		--workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile -
 
 # One pytest worker per core (pytest-xdist); PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= auto

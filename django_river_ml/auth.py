@@ -180,9 +180,13 @@ def route_name(request) -> str | None:
 
 
 def authentication_required(request) -> bool:
+    return route_requires_authentication(route_name(request))
+
+
+def route_requires_authentication(name: str | None) -> bool:
+    """Whether the route of that name needs credentials (DISABLE_AUTHENTICATION, AUTHENTICATED_VIEWS)."""
     if river_settings.DISABLE_AUTHENTICATION:
         return False
-    name = route_name(request)
     protected = river_settings.AUTHENTICATED_VIEWS
     if protected is None:
         return name not in OPEN_ROUTES

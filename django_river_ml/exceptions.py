@@ -111,3 +111,9 @@ class StorageUnavailable(RiverMLError):
     def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StreamsUnavailable(RiverMLError):
+    """Live streams need an ASGI server; under WSGI a stream would hold a worker forever."""
+
+    status_code = 501

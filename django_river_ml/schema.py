@@ -311,6 +311,7 @@ ERRORS = {
     413: "The body is over the limit (MAX_UPLOAD_SIZE for uploads, DATA_UPLOAD_MAX_MEMORY_SIZE for JSON), or "
          "the prediction to keep for a label is over MAX_IDENTIFIER_BYTES.",
     429: "Too many requests (when VIEW_RATE_LIMIT sets a rate for the route).",
+    501: "Live streams need an ASGI server; this one runs WSGI.",
     503: "The store (Redis, the SQLite file) cannot be reached.",
 }
 ACCESS = (401, 403, 405, 429)
@@ -502,6 +503,46 @@ download_model = operation(
         (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="The pickled model."),
         **errors(400, 404, 503),
     },
+)
+STREAM_MODELS = model_name_parameter(
+    "model", OpenApiParameter.QUERY,
+    "A model to follow; repeat it to follow several (at most STREAM_MAX_MODELS). Without it: every model the "
+    "caller may read.", many=True, explode=True,
+)
+LAST_EVENT_ID = OpenApiParameter(
+    "Last-Event-ID", str, OpenApiParameter.HEADER,
+    description="The `id` of the last event received (`<channel>:<id>,…`, as sent): the stream first replays "
+                "what came after it, within STREAM_RETENTION events per channel (older: a `stream-reset` event). "
+                "Browsers' EventSource sends it when they reconnect; `?lastEventId=` works too.",
+)
+STREAM_DESCRIPTION = (
+    "Server-Sent Events (`text/event-stream`) through django-eventstream, from every worker, in order per channel. "
+    "Also sent: `stream-open` first, `keep-alive` every 20 s, `stream-reset` when events to replay are no longer "
+    "kept, and `stream-error` (JSON data with `condition`) before the server ends the stream, e.g. when the "
+    "model is deleted or no longer shared with the caller. Needs an ASGI server."
+)
+
+
+def stream_response(description: str) -> dict:
+    return {(200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description=description),
+            **errors(400, 404, 501, 503)}
+
+
+stream_events = operation(
+    operation_id="stream_events", tags=["monitoring"], summary="Live events",
+    description=f"Events `learn`, `predict`, `label`, `upload` and `delete`, with JSON data: the model, the "
+                f"`time` (Unix seconds) and what the call carried (features, prediction, ground truth, label, "
+                f"sequence). {STREAM_DESCRIPTION}",
+    parameters=[STREAM_MODELS, LAST_EVENT_ID],
+    responses=stream_response("The events, as they happen."),
+)
+stream_metrics = operation(
+    operation_id="stream_metrics", tags=["monitoring"], summary="Live metrics",
+    description=f"A `metrics` event after a model changes, at most one every STREAM_METRICS_INTERVAL_SECONDS per "
+                f"model: `{{model, flavor, sequence, time, metrics, stats}}`, with the metrics and stats as "
+                f"`/metrics/` and `/stats/` give them. {STREAM_DESCRIPTION}",
+    parameters=[STREAM_MODELS, LAST_EVENT_ID],
+    responses=stream_response("Metrics events, coalesced."),
 )
 ACCESS_DESCRIPTION = (
     "Every model belongs to the user who uploaded it. Its owner, staff, and the users and groups it is shared "

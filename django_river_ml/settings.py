@@ -115,16 +115,27 @@ DEFAULTS: dict[str, Any] = {
     # Where service info's documentationUrl points: an http(s) URL or a path on this site. None: this
     # site's own API docs page (the docs route, else the schema), which documents the version it runs.
     "DOCUMENTATION_URL": None,
+    # Live streams (/stream/events/, /stream/metrics/): events kept per channel for Last-Event-ID
+    # resumes, and the shortest time between two metrics events of one model (across all workers).
+    "STREAM_RETENTION": 1000,
+    "STREAM_METRICS_INTERVAL_SECONDS": 0.5,
+    # Most models one stream follows (named with ?model=, or those a restricted caller may read).
+    "STREAM_MAX_MODELS": 100,
+    # Events a worker holds while its event store is slow or down; beyond it they are dropped and counted.
+    "STREAM_QUEUE_SIZE": 10_000,
+    # Seconds between two looks at the embedded store's event table (each worker, while streams are open).
+    "STREAM_POLL_SECONDS": 0.05,
 }
 
 # Whole numbers of at least 1.
 COUNT_SETTINGS = ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES",
                   "TOKEN_EXPIRES_SECONDS", "MAX_MODELS_PER_USER", "MAX_PENDING_IDENTIFIERS", "MAX_IDENTIFIER_BYTES",
                   "SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES",
-                  "CALL_MEMORY_LIMIT_BYTES")
+                  "CALL_MEMORY_LIMIT_BYTES", "STREAM_RETENTION", "STREAM_MAX_MODELS", "STREAM_QUEUE_SIZE")
 # Seconds, above 0 (or at least 0 where 0 turns the limit off).
 SECONDS_SETTINGS = {"REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
-                    "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least"}
+                    "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least",
+                    "STREAM_METRICS_INTERVAL_SECONDS": "at least", "STREAM_POLL_SECONDS": "above"}
 
 
 

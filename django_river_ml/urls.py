@@ -36,6 +36,9 @@ routes = [
     path(f"{prefix}model/access/<str:name>/", views.ModelAccessView.as_view(), name="model_access"),
     path(f"{prefix}model/<str:name>/", views.ModelView.as_view(), name="model"),
     path(f"{prefix}model/<str:flavor>/<str:name>/", views.ModelUploadView.as_view(), name="model_upload"),
+    path(f"{prefix}stream/events/", views.EventStreamView.as_view(), name="stream_events"),
+    path(f"{prefix}stream/metrics/", views.MetricStreamView.as_view(), name="stream_metrics"),
+    path(f"{prefix}dashboard/", views.DashboardView.as_view(), name="dashboard"),
     # The OpenAPI schema of the routes above, and Swagger UI for it.
     path(f"{prefix}schema/", SchemaView.as_view(), name="schema"),
     path(f"{prefix}docs/", DocsView.as_view(), name="docs"),

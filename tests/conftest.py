@@ -113,7 +113,8 @@ def river_client(backend):
 
 
 class LiveServer:
-    """example_project under gunicorn with several worker processes, on a free port."""
+    """example_project as `make serve` runs it: its ASGI app under gunicorn with several uvicorn worker
+    processes, on a free port. The log file gets gunicorn's and the workers' lines (no access log)."""
 
     def __init__(self, env: dict[str, str], workers: int, workdir: Path):
         self.env = env
@@ -128,8 +129,9 @@ class LiveServer:
         gunicorn = Path(sys.executable).parent / "gunicorn"
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(gunicorn), "example_project.wsgi", "--workers", str(self.workers), "--bind",
-                 f"127.0.0.1:{self.port}", "--timeout", "60", "--graceful-timeout", "5"],
+                [str(gunicorn), "example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
+                 "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}", "--timeout", "60",
+                 "--graceful-timeout", "5"],
                 cwd=EXAMPLE_PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -61,16 +62,25 @@ def check_final_lines(output: str) -> None:
         assert re.search(rf"\b{main} \d+\.\d+%?", line), line
 
 
-def test_dashboard_page_is_served():
-    response = Client().get("/")
+def dashboard_config(html: str) -> dict:
+    """What the page's script is given (the routes it reads), from its json_script element."""
+    found = re.search(r'<script id="river-dashboard-config" type="application/json">(.*?)</script>', html, re.S)
+    return json.loads(found.group(1))
+
+
+def test_the_site_leads_to_the_dashboard_page(settings):
+    settings.DJANGO_RIVER_ML = {**getattr(settings, "DJANGO_RIVER_ML", {}), "DISABLE_AUTHENTICATION": True}
+    assert Client().get("/")["Location"] == "/api/dashboard/"
+    response = Client().get("/api/dashboard/")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
     html = response.content.decode()
     assert "live dashboard" in html
     assert 'id="models"' in html
     # The page finds the API through the site's urls (default prefix "api").
-    for route in ("/api/models/", "/api/metrics/", "/api/stats/"):
-        assert f'"{route}"' in html
+    urls = dashboard_config(html)["urls"]
+    for route in ("/api/models/", "/api/metrics/", "/api/stats/", "/api/stream/events/", "/api/stream/metrics/"):
+        assert route in urls.values()
     # Self-contained: no external scripts, styles or fonts.
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
 
@@ -86,7 +96,7 @@ def test_demo_serves_feeds_and_stops(tmp_path, settings):
 
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
-    assert f"Open the dashboard:  http://127.0.0.1:{port}/\n" in output
+    assert f"Open the dashboard:  http://127.0.0.1:{port}/api/dashboard/\n" in output
     assert f"http://127.0.0.1:{port}/api/models/" in output
     assert f"http://127.0.0.1:{port}/api/metrics/?model=" in output
     check_final_lines(output)
@@ -126,7 +136,7 @@ def test_demo_feeds_a_running_server(live_server_factory):
                     env=server.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Starting gunicorn" not in result.stdout
-    assert f"Open the dashboard:  {server.url}/" in result.stdout
+    assert f"Open the dashboard:  {server.url}/api/dashboard/" in result.stdout
     check_final_lines(result.stdout)
 
     # The server keeps running after the feeder: inspect it the way the dashboard does.
@@ -140,8 +150,8 @@ def test_demo_feeds_a_running_server(live_server_factory):
         assert set(metrics) == metric_names
         assert isinstance(metrics[main], float)
 
-    page = requests.get(f"{server.url}/", timeout=10)
-    assert page.status_code == 200
+    page = requests.get(f"{server.url}/", timeout=10)  # the site's root leads to the dashboard
+    assert page.status_code == 200 and page.url == f"{server.url}/api/dashboard/"
     assert page.headers["Content-Type"].startswith("text/html")
     assert "live dashboard" in page.text
 
@@ -162,14 +172,17 @@ def test_every_link_the_demo_prints_and_the_dashboard_shows_opens_without_a_logi
     command.base, command.api, command.token = "http://127.0.0.1:8000", "http://127.0.0.1:8000/api/", "a-token"
     command.banner(models, 20.0, None)
     printed = re.findall(r"http://127\.0\.0\.1:8000(/\S*)", command.stdout.getvalue())
-    page = Client().get("/").content.decode()
-    shown = [url.replace("__MODEL__", "demo-binary") for url in re.findall(r'data-[a-z-]+-url="([^"]+)"', page)]
-    assert len(printed) >= 6 and len(shown) == 5, (printed, shown)
+    page = Client().get("/api/dashboard/").content.decode()
+    shown = [url.replace("__MODEL__", "demo-binary") for url in dashboard_config(page)["urls"].values()]
+    assert len(printed) >= 6 and len(shown) >= 6, (printed, shown)
 
     browser = Client()
+    streams = {"/api/stream/events/", "/api/stream/metrics/"}
     for path in {*printed, *shown} - {"/api/predict/"}:  # predict: the printed curl example, with its token
         response = browser.get(path, {"model": "demo-binary"} if path.endswith(("/metrics/", "/stats/")) else {})
-        assert response.status_code == 200, (path, response.status_code, response.content[:200])
+        # The streams pass authentication, then say this test server is not ASGI (the demo's is).
+        assert response.status_code == (501 if path in streams else 200), (path, response.status_code,
+                                                                             response.content[:200])
     for method, path in [("post", "/api/learn/"), ("post", "/api/predict/"), ("post", "/api/model/binary/x/"),
                          ("post", "/api/model/binary/"), ("delete", "/api/model/demo-binary/"),
                          ("get", "/api/model/download/demo-binary/")]:

@@ -19,7 +19,7 @@ from django_river_ml.flavors import FLAVORS
 from django_river_ml.schema import EXAMPLE_MODEL
 
 # Routes of the app that are not operations of the River API.
-NOT_OPERATIONS = {"not_found", "schema", "docs"}
+NOT_OPERATIONS = {"not_found", "schema", "docs", "dashboard"}
 
 
 def river_operations() -> dict[str, set[str]]:

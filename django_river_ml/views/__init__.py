@@ -14,8 +14,12 @@ from django_river_ml.views.api import (
     ServiceInfoView,
     StatsView,
 )
+from django_river_ml.views.streams import EventStreamView, MetricStreamView
+from django_river_ml.views.dashboard import DashboardView  # noqa: F401 - served by urls.py
 
 __all__ = [
+    "EventStreamView",
+    "MetricStreamView",
     "AuthTokenView",
     "LabelView",
     "LearnView",

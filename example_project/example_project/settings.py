@@ -70,6 +70,11 @@ CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": DATA_DIR / "cache"},
 }
 
+# The dashboard (/api/dashboard/) sends a browser that is not signed in to this page, and back.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "django_river_ml:dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
 STATIC_URL = "static/"
 # Serve app static files straight from the apps (no collectstatic step for the example site).
 WHITENOISE_USE_FINDERS = True

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("stream", "print server-sent events as JSON lines until interrupted")
     sub.add_argument("kind", nargs="?", choices=("events", "metrics"), default="events")
+    sub.add_argument("--model", action="append", metavar="MODEL",
+                     help="follow this model (repeat for several; default: every model you may read)")
+    sub.add_argument("--count", type=int, metavar="N", help="stop after N events")
     sub.add_argument("--last-event-id", metavar="ID", help="resume after this event")
     sub.add_argument("--max-reconnects", type=int, metavar="N",
                      help="give up after N failed reconnections in a row (default: never)")
@@ -244,11 +247,13 @@ def _label(client: Client, args: argparse.Namespace) -> int:
 
 
 def _stream(client: Client, args: argparse.Namespace) -> int:
-    options = {"last_event_id": args.last_event_id, "max_reconnects": args.max_reconnects}
+    options = {"model": args.model, "last_event_id": args.last_event_id, "max_reconnects": args.max_reconnects}
     stream = client.stream_metrics(**options) if args.kind == "metrics" else client.stream_events(**options)
     with stream:
-        for event in stream:
+        for seen, event in enumerate(stream, start=1):
             print(json.dumps(event.to_dict(), ensure_ascii=False, default=str), flush=True)
+            if args.count is not None and seen >= args.count:
+                break
     return 0
 
 

@@ -19,8 +19,9 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -47,6 +48,8 @@ logger.addHandler(logging.NullHandler())
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 RETRY_STATUSES = (502, 503, 504)
 _NO_JSON = object()
+#: django-eventstream's own events, which carry nothing of the models.
+HOUSEKEEPING_EVENTS = ("stream-open", "keep-alive")
 
 
 def pickle_model(model: Any) -> bytes:
@@ -381,7 +384,7 @@ class Client:
 
     def stream(self, url: str, *, last_event_id: str | None = None, reconnect: bool = True,
                retry_delay: float = 3.0, max_reconnects: int | None = None,
-               read_timeout: float | None = None) -> EventStream:
+               read_timeout: float | None = None, skip: Iterable[str] = ()) -> EventStream:
         """The server-sent events at ``url`` (relative to apiroot), as :class:`~riverapi.streams.Event`
         objects; reconnects with ``Last-Event-ID`` when dropped (see :class:`~riverapi.streams.EventStream`).
         ``read_timeout=None`` waits for the next event as long as it takes."""
@@ -391,12 +394,25 @@ class Client:
             return self._request("GET", url, headers=headers, stream=True, timeout=(connect_timeout, read_timeout))
 
         return EventStream(open_stream, last_event_id=last_event_id, reconnect=reconnect, retry_delay=retry_delay,
-                           max_reconnects=max_reconnects)
+                           max_reconnects=max_reconnects, skip=skip)
 
-    def stream_events(self, **options: Any) -> EventStream:
-        """Events as they happen (``learn``, ``predict``, ``label``, ...), JSON data parsed."""
-        return self.stream("/stream/events/", **options)
+    def stream_events(self, model: str | list[str] | None = None, **options: Any) -> EventStream:
+        """Events as they happen (``learn``, ``predict``, ``label``, ``upload``, ``delete``), JSON data parsed.
 
-    def stream_metrics(self, **options: Any) -> EventStream:
-        """Metric updates as they happen, JSON data parsed."""
-        return self.stream("/stream/metrics/", **options)
+        ``model``: one name or a list of them; by default every model you may read. The server's
+        own ``stream-open`` and ``keep-alive`` events are skipped; ``stream-reset`` (what you missed
+        is no longer kept) and ``stream-error`` (the server ends the stream) come through.
+        """
+        return self.stream(_stream_url("/stream/events/", model), skip=HOUSEKEEPING_EVENTS, **options)
+
+    def stream_metrics(self, model: str | list[str] | None = None, **options: Any) -> EventStream:
+        """``metrics`` events (``{model, flavor, sequence, time, metrics, stats}``) after a model changes."""
+        return self.stream(_stream_url("/stream/metrics/", model), skip=HOUSEKEEPING_EVENTS, **options)
+
+
+def _stream_url(path: str, model: str | list[str] | None) -> str:
+    """The stream route, narrowed to some models with ``?model=`` (repeated)."""
+    if model is None:
+        return path
+    names = [model] if isinstance(model, str) else list(model)
+    return f"{path}?{urlencode([('model', name) for name in names])}"

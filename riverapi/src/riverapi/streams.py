@@ -183,6 +183,10 @@ DROPPED = (requests.ConnectionError, requests.Timeout, requests.exceptions.Chunk
            urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 
+#: The id django-eventstream gives its ``stream-error`` event (not a place to resume from).
+ERROR_ID = "error"
+
+
 class EventStream(Iterator[Event]):
     """An endless iterator of :class:`Event`, reconnecting (with ``Last-Event-ID``) when dropped.
 
@@ -198,7 +202,8 @@ class EventStream(Iterator[Event]):
 
     def __init__(self, open: Callable[[dict[str, str]], requests.Response], *, last_event_id: str | None = None,
                  reconnect: bool = True, retry_delay: float = 3.0, max_delay: float = 30.0,
-                 max_reconnects: int | None = None, sleep: Callable[[float], None] = time.sleep):
+                 max_reconnects: int | None = None, sleep: Callable[[float], None] = time.sleep,
+                 skip: Iterable[str] = ()):
         self._open = open
         self.last_event_id = last_event_id
         self.reconnect = reconnect
@@ -206,6 +211,8 @@ class EventStream(Iterator[Event]):
         self.max_delay = max_delay
         self.max_reconnects = max_reconnects
         self._sleep = sleep
+        #: Event types not yielded (the River API's own streams skip django-eventstream's housekeeping).
+        self.skip = frozenset(skip)
         self._response: requests.Response | None = None
         self._closed = False
         #: How many times a connection was opened (the first one and every reconnection that got an answer).
@@ -229,6 +236,12 @@ class EventStream(Iterator[Event]):
         self._closed = True
         self._events.close()
         self._close_response()
+
+    def _resume_after(self, event_id: str | None) -> None:
+        # django-eventstream marks a stream-error with the id "error", which cannot be resumed from:
+        # a reconnection resumes after the last real event instead, and the server says what it thinks.
+        if event_id != ERROR_ID:
+            self.last_event_id = event_id
 
     def _close_response(self) -> None:
         if self._response is not None:
@@ -262,12 +275,13 @@ class EventStream(Iterator[Event]):
                 try:
                     for event in parse_events(iter_body(response), parser):
                         failures = 0
-                        self.last_event_id = parser.last_event_id
-                        yield event
+                        self._resume_after(parser.last_event_id)
+                        if event.event not in self.skip:
+                            yield event
                 except DROPPED as error:
                     dropped = error
                 finally:
-                    self.last_event_id = parser.last_event_id
+                    self._resume_after(parser.last_event_id)
                     self._close_response()
                 if parser.retry is not None:
                     self.retry_delay = parser.retry / 1000

@@ -1,4 +1,5 @@
-"""``manage.py demo``: serve the example site under gunicorn and stream river's datasets into it.
+"""``manage.py demo``: serve the example site under gunicorn (uvicorn workers, the ASGI app, as
+``make serve`` does) and stream river's datasets into it.
 
 Three models are uploaded over HTTP (a regressor, a binary and a multiclass classifier), then
 each gets one example after another, as a real client would send them: ``POST /api/predict/``
@@ -91,7 +92,8 @@ def demo_models() -> list[DemoModel]:
 
 
 # Routes the demo server protects. Models, a model's parameters (the `model` route: its uploads and
-# deletes still need a credential), metrics, stats, service info, the schema and its docs page stay
+# deletes still need a credential), metrics, stats, the two live streams (`stream_events`,
+# `stream_metrics`), the dashboard (`dashboard`), service info, the schema and its docs page stay
 # open, so the dashboard and every link the demo prints work in a browser without a login.
 DEMO_PROTECTED_ROUTES = ("learn", "predict", "label", "model_upload", "model_delete", "model_download",
                          "model_access")
@@ -213,7 +215,7 @@ class Command(BaseCommand):
         first = models[0].name
         self.say()
         self.say("django-river-ml demo is running", ok)
-        self.say(f"  Open the dashboard:  {self.base}/", ok)
+        self.say(f"  Open the dashboard:  {self.api}dashboard/", ok)
         self.say(f"  API root:            {self.api}")
         self.say(f"  Models:              {self.api}models/")
         self.say(f"  Metrics of a model:  {self.api}metrics/?model={first}")
@@ -266,8 +268,9 @@ class Command(BaseCommand):
                                "or add --no-server to feed that server.")
         gunicorn = Path(sys.executable).parent / "gunicorn"
         command = [str(gunicorn)] if gunicorn.exists() else [sys.executable, "-m", "gunicorn"]
-        command += ["example_project.wsgi", "--workers", str(workers), "--bind", f"{HOST}:{port}",
-                    "--graceful-timeout", "5", "--log-level", "warning"]
+        # ASGI, as `make serve`: the live streams hold connections, not workers.
+        command += ["example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker", "--workers", str(workers),
+                    "--bind", f"{HOST}:{port}", "--graceful-timeout", "5", "--log-level", "warning"]
         env = dict(os.environ)
         env.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
         env.setdefault("PYTHONHASHSEED", "0")

@@ -1,0 +1,254 @@
+"""REST throughput under ASGI (gunicorn + uvicorn workers, as `make serve` runs the site) against
+WSGI (gunicorn sync workers, as it ran before), measured in the same run.
+
+Run with ``make bench`` (or ``python bench/rest_throughput.py`` from the repository root with the
+virtualenv's Python). Both servers run at once on 127.0.0.1, each on a free port with its own fresh
+data directory and database, with authentication on (one user's API token). Each gets a
+``StandardScaler | LinearRegression`` upload, then ``POST /api/learn/`` and ``POST /api/predict/``
+requests from several client processes (``requests.Session``, keep-alive where the server allows it).
+The servers take turns, round after round; each figure is the median over the rounds. The floor is
+the same two servers with a hello-world app instead of Django: what the clients and the HTTP server
+cost by themselves. It prints requests per second and the ratio ASGI/WSGI; it asserts nothing.
+
+Environment: ``BENCH_WORKERS`` (server worker processes, default 2), ``BENCH_CLIENTS`` (client
+processes, default 8), ``BENCH_REQUESTS`` (requests of each kind per server and round, default 1200),
+``BENCH_ROUNDS`` (default 3).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_PROJECT = ROOT / "example_project"
+BIN = Path(sys.executable).parent
+
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+CLIENTS = int(os.environ.get("BENCH_CLIENTS", "8"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "1200"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+WARM_UP = 20  # requests of each kind per client before the first round (every worker loads the model)
+
+SERVERS = {  # name: what follows `gunicorn`
+    "WSGI": ["example_project.wsgi:application"],
+    "ASGI": ["example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker"],
+}
+FLOORS = {  # the same servers with the hello-world apps below (this module, imported by gunicorn)
+    "WSGI": ["rest_throughput:hello_wsgi"],
+    "ASGI": ["rest_throughput:hello_asgi", "-k", "uvicorn_worker.UvicornWorker"],
+}
+MODEL = "bench"
+SETUP = """
+import django
+from django.core.management import call_command
+django.setup()
+call_command("migrate", verbosity=0)
+call_command("river_token", "bench", "--create-user")
+"""
+HELLO = b'{"prediction": 1.0}'
+
+
+def hello_wsgi(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(HELLO)))])
+    return [HELLO]
+
+
+async def hello_asgi(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(HELLO)).encode())]})
+    await send({"type": "http.response.body", "body": HELLO})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """gunicorn on a free loopback port, with its own data directory, database and token."""
+
+    def __init__(self, app: list[str], directory: Path, django_site: bool = True):
+        self.app = app
+        self.directory = directory
+        self.django_site = django_site
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = directory / "server.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+        self.env.update({
+            "DJANGO_SETTINGS_MODULE": "example_project.settings",
+            "DJANGO_DATABASE_PATH": str(directory / "db.sqlite3"),
+            "DJANGO_RIVER_ML_DATA_DIR": str(directory / "data"),
+            "PYTHONHASHSEED": "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "bench"),
+                                                         os.environ.get("PYTHONPATH")])),
+        })
+        self.process: subprocess.Popen | None = None
+        self.token = ""
+
+    def setup(self) -> subprocess.Popen | None:
+        """migrate, then make the user and its token (in the background: both servers at once)."""
+        if not self.django_site:
+            return None
+        return subprocess.Popen([sys.executable, "-c", SETUP], cwd=EXAMPLE_PROJECT, env=self.env,
+                                stdout=subprocess.PIPE, text=True)
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "gunicorn"), *self.app, "--workers", str(WORKERS), "--bind", f"127.0.0.1:{self.port}",
+                 "--access-logfile", str(self.directory / "access.log")],
+                cwd=EXAMPLE_PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self) -> None:
+        import requests
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(self.url + "/api/", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{self.app[0]} did not serve {self.url}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"} if self.token else {}
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+# Client processes: one keep-alive session each, for the whole run.
+
+_session = None
+
+
+def _client_init() -> None:
+    global _session
+    import requests
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _session = requests.Session()
+
+
+def _drive(task: tuple[str, str, dict, list, int, int]) -> int:
+    """Send ``count`` requests; returns how many were not answered 2xx."""
+    url, kind, headers, examples, count, offset = task
+    failed = 0
+    for i in range(count):
+        x, y = examples[(offset + i) % len(examples)]
+        if kind == "learn":
+            body = {"model": MODEL, "features": x, "ground_truth": y}
+        else:
+            body = {"model": MODEL, "features": x}
+        if kind == "hello":
+            response = _session.get(url, headers=headers, timeout=60)
+        else:
+            response = _session.post(f"{url}/api/{kind}/", json=body, headers=headers, timeout=60)
+        response.content  # noqa: B018 - read the body: the connection goes back to the pool
+        failed += not 200 <= response.status_code < 300
+    return failed
+
+
+def throughput(pool, server: Server, kind: str, examples: list, total: int) -> tuple[float, int]:
+    """Requests per second for ``total`` requests of ``kind`` split over the clients, and the failures."""
+    each = max(1, total // CLIENTS)
+    tasks = [(server.url, kind, server.headers, examples, each, c * each) for c in range(CLIENTS)]
+    started = time.perf_counter()
+    failed = sum(pool.map(_drive, tasks, chunksize=1))
+    return each * CLIENTS / (time.perf_counter() - started), failed
+
+
+def upload(server: Server, model) -> None:
+    import dill
+    import requests
+
+    response = requests.post(f"{server.url}/api/model/regression/{MODEL}/", data=dill.dumps(model), timeout=120,
+                             headers={**server.headers, "Content-Type": "application/octet-stream"})
+    if response.status_code != 201:
+        raise SystemExit(f"upload to {server.url} answered {response.status_code}: {response.text[:500]}")
+
+
+def main() -> None:
+    from river import datasets, linear_model, preprocessing
+
+    examples = [(dict(x), float(y)) for x, y in datasets.TrumpApproval()]
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    print(f"{WORKERS} workers per server, {CLIENTS} client processes, {REQUESTS} requests of each kind "
+          f"per server and round, median of {ROUNDS} rounds")
+    with tempfile.TemporaryDirectory(prefix="bench-rest-") as scratch:
+        sites = {name: Server(app, Path(scratch, name.lower())) for name, app in SERVERS.items()}
+        floors = {name: Server(app, Path(scratch, f"floor-{name.lower()}"), django_site=False)
+                  for name, app in FLOORS.items()}
+        servers = [*sites.values(), *floors.values()]
+        for server in servers:
+            server.directory.mkdir()
+        try:
+            setups = {server: server.setup() for server in servers}
+            for server, setup in setups.items():
+                if setup is not None:
+                    out, _ = setup.communicate(timeout=120)
+                    if setup.returncode:
+                        raise SystemExit(f"migrate / river_token failed for {server.app[0]}")
+                    server.token = out.strip().splitlines()[-1]
+                server.start()
+            for server in servers:
+                server.wait()
+            for server in sites.values():
+                upload(server, model)
+
+            results: dict[tuple[str, str], list[float]] = {}
+            failures: dict[tuple[str, str], int] = {}
+            with multiprocessing.get_context("fork").Pool(CLIENTS, initializer=_client_init) as pool:
+                for server in sites.values():
+                    for kind in ("learn", "predict"):
+                        throughput(pool, server, kind, examples, WARM_UP * CLIENTS)
+                for server in floors.values():
+                    throughput(pool, server, "hello", examples, WARM_UP * CLIENTS)
+                for _ in range(ROUNDS):
+                    for kind in ("learn", "predict", "floor"):
+                        for name in SERVERS:
+                            server = floors[name] if kind == "floor" else sites[name]
+                            rate, failed = throughput(pool, server, "hello" if kind == "floor" else kind,
+                                                      examples, REQUESTS)
+                            results.setdefault((kind, name), []).append(rate)
+                            failures[(kind, name)] = failures.get((kind, name), 0) + failed
+        finally:
+            for server in servers:
+                server.stop()
+
+    print(f"{'requests':12s} {'WSGI req/s':>11s} {'ASGI req/s':>11s} {'ASGI/WSGI':>10s}   (every round, WSGI | ASGI)")
+    for kind in ("learn", "predict", "floor"):
+        wsgi, asgi = (statistics.median(results[(kind, name)]) for name in SERVERS)
+        rounds = " | ".join(" ".join(f"{rate:.0f}" for rate in results[(kind, name)]) for name in SERVERS)
+        label = "hello world" if kind == "floor" else f"POST {kind}"
+        print(f"{label:12s} {wsgi:11.0f} {asgi:11.0f} {asgi / wsgi:9.2f}x   ({rounds})")
+    failed = {key: count for key, count in failures.items() if count}
+    if failed:
+        print("not answered 2xx:", ", ".join(f"{name} {kind}: {count}" for (kind, name), count in failed.items()))
+
+
+if __name__ == "__main__":
+    main()

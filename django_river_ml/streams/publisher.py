@@ -1,0 +1,186 @@
+"""From :func:`django_river_ml.events.emit` to the event log, off the request's path.
+
+The publisher is a receiver of :data:`~django_river_ml.events.river_event`: it only puts the
+event on a bounded queue, so a learn never waits for the event log and never fails because
+of it. One thread per process drains the queue in batches (one write for many events) and
+appends each event twice, to its model's channel (``events/<model>``) and to the channel of
+all models (``events``). When the event log is slow or down, events wait in the queue up to
+``STREAM_QUEUE_SIZE``; beyond that, or when an append fails, they are dropped and counted in
+:attr:`Publisher.dropped` (and logged).
+
+The same thread sends the metrics stream. A learn, label or predict marks its model changed;
+at most every ``STREAM_METRICS_INTERVAL_SECONDS`` per model, across all workers (a claim in
+the event log decides who sends), one ``metrics`` event carries the model's metrics and call
+stats as they are then. The claim also remembers how many calls the last one covered, so the
+state after the last change is always sent once (by whichever worker saw a change last), and
+never twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from django_river_ml.settings import river_settings
+from django_river_ml.streams import EVENTS, METRICS, channel
+from django_river_ml.streams.eventlog import ALREADY_SENT, CLAIMED, get_event_log
+
+logger = logging.getLogger(__name__)
+
+# Events that change what the metrics stream shows, and the one after which there is nothing to show.
+CHANGES_METRICS = frozenset({"learn", "label", "predict", "upload"})
+# Events carry the example; one whose data is larger than this goes without its features and
+# prediction (``"truncated": true``), so the event log stays bounded in bytes too.
+MAX_EVENT_BYTES = 64 * 1024
+# Most events appended in one write.
+BATCH = 500
+
+
+class Publisher:
+    """A per-process queue and the thread that empties it into the event log."""
+
+    def __init__(self, queue_size: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        #: Events this process could not send (queue full, or the event log failed).
+        self.dropped = 0
+        self._changed: dict[str, None] = {}  # models whose metrics event is due, oldest first
+        self._thread = threading.Thread(target=self._run, name="river-ml-stream-publisher", daemon=True)
+        self._thread.start()
+
+    def put(self, event: str, data: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait((event, data, time.time()))
+        except queue.Full:
+            self.dropped += 1
+
+    def flushed(self, timeout: float = 5.0) -> bool:
+        """Whether everything put so far was handled within ``timeout`` seconds (tests, graceful stops)."""
+        deadline = time.monotonic() + timeout
+        while (self.queue.unfinished_tasks or self._changed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not (self.queue.unfinished_tasks or self._changed)
+
+    # The thread
+
+    def _run(self) -> None:
+        next_metrics = 0.0
+        while True:
+            waiting = max(next_metrics - time.monotonic(), 0.0) if self._changed else None
+            batch = self._take(timeout=waiting)
+            if batch:
+                self._append_events(batch)
+            if self._changed and time.monotonic() >= next_metrics:
+                interval = float(river_settings.STREAM_METRICS_INTERVAL_SECONDS)
+                self._send_metrics(interval)
+                # Models sent too soon are tried again a few times per interval.
+                next_metrics = time.monotonic() + min(max(interval / 4, 0.05), 1.0)
+
+    def _take(self, timeout: float | None) -> list[tuple]:
+        try:
+            batch = [self.queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(batch) < BATCH:
+            try:
+                batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _append_events(self, batch: list[tuple]) -> None:
+        rows = []
+        for event, data, sent in batch:
+            model = data.get("model")
+            body = _encode({**data, "time": sent})
+            rows.append((channel(EVENTS), event, body))
+            if model is not None:
+                rows.append((channel(EVENTS, model), event, body))
+                if event in CHANGES_METRICS:
+                    self._changed[model] = None
+                elif event == "delete":
+                    self._changed.pop(model, None)
+        try:
+            get_event_log().append(rows)
+        except Exception as error:
+            self.dropped += len(batch)
+            logger.warning("Dropped %d stream events: %s", len(batch), error)
+        finally:
+            for _ in batch:
+                self.queue.task_done()
+
+    def _send_metrics(self, interval: float) -> None:
+        from django_river_ml.exceptions import ModelNotFound
+
+        for model in list(self._changed):
+            try:
+                state, claim_key, version = metrics_state(model)
+                outcome = get_event_log().claim(claim_key, version, interval)
+                if outcome == CLAIMED:
+                    body = _encode(state)
+                    get_event_log().append([(channel(METRICS), "metrics", body),
+                                            (channel(METRICS, model), "metrics", body)])
+                if outcome in (CLAIMED, ALREADY_SENT):
+                    self._changed.pop(model, None)
+            except ModelNotFound:
+                self._changed.pop(model, None)
+            except Exception as error:  # the store or the model failed: drop this one, keep the thread
+                self._changed.pop(model, None)
+                self.dropped += 1
+                logger.warning("Dropped a metrics event of %s: %s", model, error)
+
+
+def metrics_state(model: str) -> tuple[dict, str, int]:
+    """The model's metrics event, the claim key of its incarnation, and how many calls it covers."""
+    from django_river_ml.client import DjangoClient
+
+    client = DjangoClient()
+    # Stats first: every call they count was applied before it was counted, so the metrics read
+    # next include it, and a claim for this many calls never hides a newer state.
+    stats = client.stats(model)
+    version = sum(operation["n_calls"] for operation in stats.values())
+    replica = client.registry.replica(model)
+    with replica.lock:
+        metrics = client.metrics(model)
+        sequence, incarnation, flavor = replica.seq, replica.incarnation, replica.flavor.name
+    state = {"model": model, "flavor": flavor, "sequence": sequence, "time": time.time(),
+             "metrics": metrics, "stats": stats}
+    return state, f"{METRICS}/{model}/{incarnation}", version
+
+
+def _encode(data: dict) -> str:
+    body = json.dumps(data, separators=(",", ":"))
+    if len(body) > MAX_EVENT_BYTES:
+        kept = {key: value for key, value in data.items() if key not in ("features", "prediction")}
+        body = json.dumps({**kept, "truncated": True}, separators=(",", ":"))
+    return body
+
+
+_lock = threading.Lock()
+_publisher: Publisher | None = None
+_publisher_pid: int | None = None
+
+
+def get_publisher() -> Publisher:
+    """This process's publisher (a new one after a fork: threads do not survive it)."""
+    global _publisher, _publisher_pid
+    if _publisher is None or _publisher_pid != os.getpid():
+        with _lock:
+            if _publisher is None or _publisher_pid != os.getpid():
+                _publisher, _publisher_pid = Publisher(river_settings.STREAM_QUEUE_SIZE), os.getpid()
+    return _publisher
+
+
+def forget_pending() -> None:
+    """Drop the metrics events this process still owes (their models are in a store no longer used)."""
+    if _publisher is not None and _publisher_pid == os.getpid():
+        _publisher._changed.clear()
+
+
+def on_river_event(sender, event: str, data: dict, **kwargs) -> None:
+    """The :data:`~django_river_ml.events.river_event` receiver: queue it, never wait."""
+    get_publisher().put(event, data)
