@@ -29,10 +29,12 @@ demo: install
 	cd example_project && ../$(PY) manage.py migrate --verbosity 0 && ../$(PY) manage.py demo --port $(PORT)
 
 # ASGI: gunicorn with uvicorn workers, so the event streams (/api/stream/...) hold connections, not workers.
+# --forwarded-allow-ips= : else uvicorn takes the client's address from X-Forwarded-For when the peer is
+# 127.0.0.1; the app reads that header itself, only as far as NUM_PROXIES says (docs/authentication.md).
 serve: install
 	cd example_project && ../$(PY) manage.py migrate --verbosity 0 && \
 		../$(VENV)/bin/gunicorn example_project.asgi:application -k uvicorn_worker.UvicornWorker \
-		--workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile -
+		--forwarded-allow-ips= --workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile -
 
 # One pytest worker per core (pytest-xdist); PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= auto

@@ -104,3 +104,28 @@ def check_sandbox(app_configs=None, **kwargs):
              "libseccomp installed (pip install pyseccomp; apt-get install libseccomp2). See docs/security.md.",
         id="django_river_ml.W003",
     )]
+
+
+@register(Tags.compatibility)
+def check_eventstream(app_configs=None, **kwargs):
+    """The live streams read django-eventstream's storage and channel manager: they must be ours (or built on them)."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    from django_river_ml.apps import EVENTSTREAM_DEFAULTS
+
+    found = []
+    for name, ours in EVENTSTREAM_DEFAULTS.items():
+        value = getattr(settings, name, ours)
+        try:
+            usable = issubclass(import_string(value), import_string(ours))
+        except (ImportError, TypeError):
+            usable = False
+        if not usable:
+            found.append(Error(
+                f"{name} is {value!r}: the live streams (/stream/events/, /stream/metrics/) need {ours} "
+                "or a subclass of it.",
+                hint=f"Remove {name} from the settings (the app sets it), or subclass {ours}.",
+                id="django_river_ml.E004",
+            ))
+    return found

@@ -118,6 +118,7 @@ DEFAULTS: dict[str, Any] = {
     # Live streams (/stream/events/, /stream/metrics/): events kept per channel for Last-Event-ID
     # resumes, and the shortest time between two metrics events of one model (across all workers).
     "STREAM_RETENTION": 1000,
+    "STREAM_RETENTION_SECONDS": 7 * 24 * 3600,
     "STREAM_METRICS_INTERVAL_SECONDS": 0.5,
     # Most models one stream follows (named with ?model=, or those a restricted caller may read).
     "STREAM_MAX_MODELS": 100,
@@ -131,7 +132,8 @@ DEFAULTS: dict[str, Any] = {
 COUNT_SETTINGS = ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES",
                   "TOKEN_EXPIRES_SECONDS", "MAX_MODELS_PER_USER", "MAX_PENDING_IDENTIFIERS", "MAX_IDENTIFIER_BYTES",
                   "SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES",
-                  "CALL_MEMORY_LIMIT_BYTES", "STREAM_RETENTION", "STREAM_MAX_MODELS", "STREAM_QUEUE_SIZE")
+                  "CALL_MEMORY_LIMIT_BYTES", "STREAM_RETENTION", "STREAM_RETENTION_SECONDS", "STREAM_MAX_MODELS",
+                  "STREAM_QUEUE_SIZE")
 # Seconds, above 0 (or at least 0 where 0 turns the limit off).
 SECONDS_SETTINGS = {"REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
                     "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least",

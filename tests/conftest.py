@@ -113,8 +113,8 @@ def river_client(backend):
 
 
 class LiveServer:
-    """example_project as `make serve` runs it: its ASGI app under gunicorn with several uvicorn worker
-    processes, on a free port. The log file gets gunicorn's and the workers' lines (no access log)."""
+    """example_project as `make serve` runs it (the ASGI app under gunicorn with several uvicorn worker
+    processes, X-Forwarded-For left to the app) on a free port; the log gets gunicorn's and the workers' lines."""
 
     def __init__(self, env: dict[str, str], workers: int, workdir: Path):
         self.env = env
@@ -130,8 +130,8 @@ class LiveServer:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(gunicorn), "example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
-                 "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}", "--timeout", "60",
-                 "--graceful-timeout", "5"],
+                 "--forwarded-allow-ips=", "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}",
+                 "--timeout", "60", "--graceful-timeout", "5"],
                 cwd=EXAMPLE_PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -1,8 +1,8 @@
 """Our riverapi client's Server-Sent Events: the parser, and reconnection with Last-Event-ID.
 
-The server's stream routes do not exist yet, so the reconnecting stream is tested against a
-tiny ``http.server`` on 127.0.0.1 started here, which serves ``text/event-stream`` and drops
-the connection in the middle of an event.
+Drops at every point of an event are tested against a tiny ``http.server`` on 127.0.0.1 started
+here, which serves ``text/event-stream`` and drops the connection where the script says; the
+streams against the real server are in tests/test_streams_live.py.
 """
 
 from __future__ import annotations
@@ -304,3 +304,28 @@ def test_close_stops_the_stream():
         with pytest.raises(StopIteration):
             next(stream)
         server.seen(99)
+
+
+def test_the_river_api_streams_skip_housekeeping_and_resume_after_the_last_real_event():
+    """django-eventstream's stream-open and keep-alive are not yielded; its stream-error has the id
+    "error", from which no stream can resume: the reconnection names the last real event."""
+    script = [
+        ([b":" + b" " * 2048 + b"\n\nevent: stream-open\ndata:\n\n", event_bytes(1),
+          b"event: keep-alive\ndata:\n\n",
+          b'event: stream-error\nid: error\ndata: {"condition": "models-changed"}\n\n'], "end"),
+        ([event_bytes(2)], "end"),
+    ]
+    with stream_server(script) as server:
+        stream = client_for(server).stream_events(model=["a", "b c"], retry_delay=0.01)
+        with stream:
+            seen = [(event.event, event.id) for _, event in zip(range(3), stream)]
+    assert seen == [("learn", "1"), ("stream-error", "error"), ("learn", "2")]
+    assert server.last_event_ids == [None, "1"]
+
+
+def test_the_stream_routes_name_the_models_in_the_query():
+    from riverapi.client import _stream_url
+
+    assert _stream_url("/stream/events/", None) == "/stream/events/"
+    assert _stream_url("/stream/events/", "m") == "/stream/events/?model=m"
+    assert _stream_url("/stream/metrics/", ["a", "b c"]) == "/stream/metrics/?model=a&model=b+c"

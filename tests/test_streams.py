@@ -24,6 +24,7 @@ from django_river_ml.streams.eventlog import (
     CLAIMED,
     TOO_SOON,
     TRIM_EVERY,
+    SWEEP_EVERY,
     RedisEventLog,
     get_event_log,
 )
@@ -88,6 +89,24 @@ def test_retention_trims_old_events_and_asking_for_them_is_a_reset(backend, sett
     # An id beyond the last (a store that was emptied) is a reset too, never a wait for ids that come later.
     with pytest.raises(EventDoesNotExist):
         log.read("events", total + 5)
+
+
+def test_events_go_after_stream_retention_seconds(backend, settings):
+    """So the channels of deleted models do not stay forever."""
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "STREAM_RETENTION_SECONDS": 1}
+    log = get_event_log()
+    log.append([("events/deleted-model", "delete", "{}")])
+    if isinstance(log, RedisEventLog):  # the channel goes, counter and all: a resuming client gets a reset
+        assert all(0 < log.redis.pttl(key) <= 1000 for key in log._keys("events/deleted-model"))
+        wait_for(lambda: not log.redis.exists(*log._keys("events/deleted-model")), timeout=5)
+        with pytest.raises(EventDoesNotExist):
+            log.read("events/deleted-model", 1)
+    else:  # the events go (swept once in SWEEP_EVERY appends); the channel's ids go on
+        time.sleep(1.1)
+        log.append([("events", "learn", "{}")] * SWEEP_EVERY)
+        with pytest.raises(EventDoesNotExist):
+            log.read("events/deleted-model", 0)
+        assert [e.id for e in log.read("events", SWEEP_EVERY - 1)] == [SWEEP_EVERY]  # new events stay
 
 
 def test_a_channel_s_ids_survive_a_lost_counter_on_redis(backend):
@@ -363,3 +382,17 @@ def test_a_restricted_stream_learns_of_a_new_model_and_leaves_a_deleted_one(secu
     assert [e["event"] for e in gone] == ["delete", "stream-error"]
     assert json.loads(gone[1]["data"])["condition"] == "forbidden"
     assert ended == [True, True]
+
+
+def test_the_system_check_refuses_another_eventstream_storage_or_channel_manager(settings):
+    from django.core import checks
+
+    def errors():
+        return [e.id for e in checks.run_checks() if e.id == "django_river_ml.E004"]
+
+    assert errors() == []
+    settings.EVENTSTREAM_STORAGE_CLASS = "django_eventstream.storage.DjangoModelStorage"
+    assert errors() == ["django_river_ml.E004"]
+    settings.EVENTSTREAM_STORAGE_CLASS = "django_river_ml.streams.adapters.EventStorage"
+    settings.EVENTSTREAM_CHANNELMANAGER_CLASS = "no.such.Manager"
+    assert errors() == ["django_river_ml.E004"]

@@ -4,7 +4,8 @@ Every event a worker emits is appended here first; the ids the event log gives a
 ``Last-Event-ID`` names, so they increase per channel whichever worker sent the event, and a
 client that comes back replays what it missed from here (``STREAM_RETENTION`` events per
 channel are kept; older ones are trimmed, and a client asking for them gets a
-``stream-reset``). Two implementations, chosen by ``STORAGE_BACKEND``:
+``stream-reset``; and every event goes after ``STREAM_RETENTION_SECONDS``, so the channels
+of deleted models do not stay forever). Two implementations, chosen by ``STORAGE_BACKEND``:
 
 - :class:`SQLiteEventLog` (embedded default): a SQLite file beside the model store, of its
   own so that event writes never wait behind learns. Its ``pos`` column orders every event of
@@ -14,7 +15,7 @@ channel are kept; older ones are trimmed, and a client asking for them gets a
   every host hears it in id order.
 
 >>> import tempfile, pathlib
->>> log = SQLiteEventLog(pathlib.Path(tempfile.mkdtemp()) / "events.sqlite3", retention=2)
+>>> log = SQLiteEventLog(pathlib.Path(tempfile.mkdtemp()) / "events.sqlite3", retention=2, max_age=3600)
 >>> [event.id for event in log.append([("events", "learn", "{}"), ("events", "predict", "{}")])]
 [1, 2]
 >>> [(event.id, event.type) for event in log.read("events", after=1)]
@@ -39,8 +40,10 @@ from django_eventstream.storage import EventDoesNotExist
 
 from django_river_ml.exceptions import StorageUnavailable
 
-# A trimmed channel is trimmed again after this many more appends (not on every one).
+# A trimmed channel is trimmed again after this many more appends (not on every one); the embedded
+# log drops events older than its age limit once in this many appends.
 TRIM_EVERY = 64
+SWEEP_EVERY = 1024
 
 # Claim results (see EventLog.claim).
 CLAIMED, TOO_SOON, ALREADY_SENT = 1, -1, 0
@@ -49,8 +52,9 @@ CLAIMED, TOO_SOON, ALREADY_SENT = 1, -1, 0
 class EventLog(abc.ABC):
     """Numbered events per channel, shared by every worker."""
 
-    def __init__(self, retention: int):
+    def __init__(self, retention: int, max_age: float):
         self.retention = retention
+        self.max_age = max_age
 
     @abc.abstractmethod
     def append(self, events: list[tuple[str, str, str]]) -> list[Event]:
@@ -93,9 +97,11 @@ CREATE TABLE IF NOT EXISTS events (
     channel TEXT NOT NULL,
     id INTEGER NOT NULL,
     type TEXT NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    created REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_channel ON events (channel, id);
+CREATE INDEX IF NOT EXISTS events_by_age ON events (created);
 CREATE TABLE IF NOT EXISTS event_channels (channel TEXT PRIMARY KEY, last_id INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS event_claims (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, until REAL NOT NULL)
     WITHOUT ROWID;
@@ -105,11 +111,12 @@ CREATE TABLE IF NOT EXISTS event_claims (key TEXT PRIMARY KEY, seq INTEGER NOT N
 class SQLiteEventLog(EventLog):
     """The embedded event log: one SQLite file in WAL mode, safe for many processes on one host."""
 
-    def __init__(self, path: str | os.PathLike, retention: int, timeout: float = 5.0):
-        super().__init__(retention)
+    def __init__(self, path: str | os.PathLike, retention: int, max_age: float, timeout: float = 5.0):
+        super().__init__(retention, max_age)
         self.path = Path(path)
         self.timeout = timeout
         self._local = threading.local()
+        self._appended = 0
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -138,16 +145,21 @@ class SQLiteEventLog(EventLog):
 
     def _append(self, events):
         db = self.db
-        appended = []
+        appended, now = [], time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._appended += len(events)
+            if self._appended >= SWEEP_EVERY:  # channels of deleted models, and old claims, go with age
+                self._appended = 0
+                db.execute("DELETE FROM events WHERE created < ?", (now - self.max_age,))
+                db.execute("DELETE FROM event_claims WHERE until < ?", (now - self.max_age,))
             for channel, event_type, data in events:
                 (event_id,) = db.execute(
                     "INSERT INTO event_channels (channel, last_id) VALUES (?, 1) "
                     "ON CONFLICT (channel) DO UPDATE SET last_id = last_id + 1 RETURNING last_id", (channel,)
                 ).fetchone()
-                db.execute("INSERT INTO events (channel, id, type, data) VALUES (?, ?, ?, ?)",
-                           (channel, event_id, event_type, data))
+                db.execute("INSERT INTO events (channel, id, type, data, created) VALUES (?, ?, ?, ?, ?)",
+                           (channel, event_id, event_type, data, now))
                 if event_id > self.retention and event_id % TRIM_EVERY == 0:
                     db.execute("DELETE FROM events WHERE channel = ? AND id <= ?", (channel, event_id - self.retention))
                 appended.append(Event(channel, event_type, data, id=event_id))
@@ -217,7 +229,8 @@ class SQLiteEventLog(EventLog):
         self._local = threading.local()
 
 
-# KEYS: the channel's id counter, its stream. ARGV: channel, type, data, retention, pub/sub channel.
+# KEYS: the channel's id counter, its stream. ARGV: channel, type, data, retention, pub/sub channel, age
+# limit (ms): a channel unused that long (a deleted model's) goes, counter and all.
 # A counter lost while its stream survived (a partial restore) restarts after the stream's last id.
 APPEND = """
 local id = redis.call('INCR', KEYS[1])
@@ -228,6 +241,8 @@ if type(added) == 'table' and added.err then
     redis.call('SET', KEYS[1], id)
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id .. '-1', 't', ARGV[2], 'd', ARGV[3])
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PUBLISH', ARGV[5], cjson.encode({channel = ARGV[1], event_type = ARGV[2], data = ARGV[3], pub_id = id}))
 return id
 """
@@ -248,8 +263,8 @@ return 1
 class RedisEventLog(EventLog):
     """The event log on the Redis server the model store uses (same client, same timeouts)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, retention: int):
-        super().__init__(retention)
+    def __init__(self, client: redis.Redis, prefix: str, retention: int, max_age: float):
+        super().__init__(retention, max_age)
         self.redis = client
         self.prefix = prefix
         #: The pub/sub channel every append is published on.
@@ -271,7 +286,8 @@ class RedisEventLog(EventLog):
             pipeline = self.redis.pipeline(transaction=False)
             for channel, event_type, data in events:
                 self._append(keys=self._keys(channel),
-                             args=[channel, event_type, data, self.retention, self.pubsub_channel], client=pipeline)
+                             args=[channel, event_type, data, self.retention, self.pubsub_channel,
+                                   int(self.max_age * 1000)], client=pipeline)
             return pipeline.execute()
 
         ids = self._call(append)
@@ -342,8 +358,8 @@ def _make_event_log() -> EventLog:
     from django_river_ml.storage.redis import RedisStore
 
     store = get_store()
-    retention = river_settings.STREAM_RETENTION
+    retention, max_age = river_settings.STREAM_RETENTION, float(river_settings.STREAM_RETENTION_SECONDS)
     if isinstance(store, RedisStore):
-        return RedisEventLog(store.redis, store.prefix, retention)
+        return RedisEventLog(store.redis, store.prefix, retention, max_age)
     path = river_settings.shelve_path
-    return SQLiteEventLog(path.with_name(f"{path.stem}-events.sqlite3"), retention)
+    return SQLiteEventLog(path.with_name(f"{path.stem}-events.sqlite3"), retention, max_age)

@@ -268,9 +268,10 @@ class Command(BaseCommand):
                                "or add --no-server to feed that server.")
         gunicorn = Path(sys.executable).parent / "gunicorn"
         command = [str(gunicorn)] if gunicorn.exists() else [sys.executable, "-m", "gunicorn"]
-        # ASGI, as `make serve`: the live streams hold connections, not workers.
-        command += ["example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker", "--workers", str(workers),
-                    "--bind", f"{HOST}:{port}", "--graceful-timeout", "5", "--log-level", "warning"]
+        # ASGI, as `make serve` (see the Makefile): the live streams hold connections, not workers.
+        command += ["example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker", "--forwarded-allow-ips=",
+                    "--workers", str(workers), "--bind", f"{HOST}:{port}", "--graceful-timeout", "5",
+                    "--log-level", "warning"]
         env = dict(os.environ)
         env.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
         env.setdefault("PYTHONHASHSEED", "0")
