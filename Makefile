@@ -33,7 +33,7 @@ demo: install
 # 127.0.0.1; the app reads that header itself, only as far as NUM_PROXIES says (docs/authentication.md).
 serve: install
 	cd example_project && ../$(PY) manage.py migrate --verbosity 0 && \
-		../$(VENV)/bin/gunicorn example_project.asgi:application -k uvicorn_worker.UvicornWorker \
+		../$(VENV)/bin/gunicorn example_project.asgi:application -k django_river_ml.worker.UvicornWorker \
 		--forwarded-allow-ips= --workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile -
 
 # One pytest worker per core (pytest-xdist); PYTEST_WORKERS=0 runs in this process.

@@ -8,10 +8,12 @@ data directory and database, with authentication on (one user's API token). Each
 requests from several client processes (``requests.Session``, keep-alive where the server allows it).
 The servers take turns, round after round; each figure is the median over the rounds. The floor is
 the same two servers with a hello-world app instead of Django: what the clients and the HTTP server
-cost by themselves. It prints requests per second and the ratio ASGI/WSGI; it asserts nothing.
+cost by themselves. It prints requests per second, the CPU time the server's processes spent per
+request (Linux; a busy machine disturbs it less than requests per second), and the ratios
+ASGI/WSGI; it asserts nothing.
 
 Environment: ``BENCH_WORKERS`` (server worker processes, default 2), ``BENCH_CLIENTS`` (client
-processes, default 8), ``BENCH_REQUESTS`` (requests of each kind per server and round, default 1200),
+processes, default 8), ``BENCH_REQUESTS`` (requests of each kind per server and round, default 400),
 ``BENCH_ROUNDS`` (default 3).
 """
 
@@ -34,17 +36,18 @@ BIN = Path(sys.executable).parent
 
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "8"))
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "1200"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "400"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 WARM_UP = 20  # requests of each kind per client before the first round (every worker loads the model)
 
-SERVERS = {  # name: what follows `gunicorn`
+UVICORN = ["-k", "django_river_ml.worker.UvicornWorker", "--forwarded-allow-ips="]  # as `make serve`
+SERVERS = {  # name: what follows `gunicorn`; WSGI is how `make serve` ran the site before
     "WSGI": ["example_project.wsgi:application"],
-    "ASGI": ["example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker"],
+    "ASGI": ["example_project.asgi:application", *UVICORN],
 }
 FLOORS = {  # the same servers with the hello-world apps below (this module, imported by gunicorn)
     "WSGI": ["rest_throughput:hello_wsgi"],
-    "ASGI": ["rest_throughput:hello_asgi", "-k", "uvicorn_worker.UvicornWorker"],
+    "ASGI": ["rest_throughput:hello_asgi", *UVICORN],
 }
 MODEL = "bench"
 SETUP = """
@@ -126,6 +129,27 @@ class Server:
                 raise SystemExit(f"{self.app[0]} did not serve {self.url}:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        """User and system time of the master's descendants now alive: its workers (Linux, else 0)."""
+        children: dict[int, list[tuple[int, float]]] = {}
+        try:
+            entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+        except OSError:
+            return 0.0
+        for entry in entries:
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            children.setdefault(int(fields[1]), []).append((int(entry), seconds))
+        total, parents = 0.0, [self.process.pid]
+        while parents:
+            for pid, seconds in children.get(parents.pop(), []):
+                total += seconds
+                parents.append(pid)
+        return total
+
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Token {self.token}"} if self.token else {}
@@ -172,13 +196,16 @@ def _drive(task: tuple[str, str, dict, list, int, int]) -> int:
     return failed
 
 
-def throughput(pool, server: Server, kind: str, examples: list, total: int) -> tuple[float, int]:
-    """Requests per second for ``total`` requests of ``kind`` split over the clients, and the failures."""
+def throughput(pool, server: Server, kind: str, examples: list, total: int) -> tuple[float, float, int]:
+    """``total`` requests of ``kind`` split over the clients: requests per second, the server's CPU
+    milliseconds per request, and how many were not answered 2xx."""
     each = max(1, total // CLIENTS)
     tasks = [(server.url, kind, server.headers, examples, each, c * each) for c in range(CLIENTS)]
+    cpu = server.cpu_seconds()
     started = time.perf_counter()
     failed = sum(pool.map(_drive, tasks, chunksize=1))
-    return each * CLIENTS / (time.perf_counter() - started), failed
+    elapsed = time.perf_counter() - started
+    return each * CLIENTS / elapsed, (server.cpu_seconds() - cpu) * 1000 / (each * CLIENTS), failed
 
 
 def upload(server: Server, model) -> None:
@@ -219,7 +246,7 @@ def main() -> None:
             for server in sites.values():
                 upload(server, model)
 
-            results: dict[tuple[str, str], list[float]] = {}
+            results: dict[tuple[str, str], list[tuple[float, float]]] = {}
             failures: dict[tuple[str, str], int] = {}
             with multiprocessing.get_context("fork").Pool(CLIENTS, initializer=_client_init) as pool:
                 for server in sites.values():
@@ -227,24 +254,31 @@ def main() -> None:
                         throughput(pool, server, kind, examples, WARM_UP * CLIENTS)
                 for server in floors.values():
                     throughput(pool, server, "hello", examples, WARM_UP * CLIENTS)
-                for _ in range(ROUNDS):
+                for turn in range(ROUNDS):
                     for kind in ("learn", "predict", "floor"):
-                        for name in SERVERS:
+                        for name in sorted(SERVERS, reverse=turn % 2 == 1):  # each goes first in turn
                             server = floors[name] if kind == "floor" else sites[name]
-                            rate, failed = throughput(pool, server, "hello" if kind == "floor" else kind,
-                                                      examples, REQUESTS)
-                            results.setdefault((kind, name), []).append(rate)
+                            rate, cpu, failed = throughput(pool, server, "hello" if kind == "floor" else kind,
+                                                           examples, REQUESTS)
+                            results.setdefault((kind, name), []).append((rate, cpu))
                             failures[(kind, name)] = failures.get((kind, name), 0) + failed
         finally:
             for server in servers:
                 server.stop()
 
-    print(f"{'requests':12s} {'WSGI req/s':>11s} {'ASGI req/s':>11s} {'ASGI/WSGI':>10s}   (every round, WSGI | ASGI)")
+    print(f"{'':13s}{'requests per second':^30s}  {'server CPU ms per request':^30s}")
+    print(f"{'':13s}{'WSGI':>9s}{'ASGI':>9s}{'ASGI/WSGI':>12s}  {'WSGI':>9s}{'ASGI':>9s}{'ASGI/WSGI':>12s}"
+          "  req/s in each round (WSGI | ASGI)")
     for kind in ("learn", "predict", "floor"):
-        wsgi, asgi = (statistics.median(results[(kind, name)]) for name in SERVERS)
-        rounds = " | ".join(" ".join(f"{rate:.0f}" for rate in results[(kind, name)]) for name in SERVERS)
-        label = "hello world" if kind == "floor" else f"POST {kind}"
-        print(f"{label:12s} {wsgi:11.0f} {asgi:11.0f} {asgi / wsgi:9.2f}x   ({rounds})")
+        rates = {name: [rate for rate, _ in results[(kind, name)]] for name in SERVERS}
+        wsgi, asgi = (statistics.median(rates[name]) for name in SERVERS)
+        wsgi_cpu, asgi_cpu = (statistics.median(cpu for _, cpu in results[(kind, name)]) for name in SERVERS)
+        cpu_ratio = f"{asgi_cpu / wsgi_cpu:11.2f}x" if wsgi_cpu else f"{'-':>12s}"
+        rounds = " | ".join(" ".join(f"{rate:.0f}" for rate in rates[name]) for name in SERVERS)
+        label = "floor" if kind == "floor" else f"POST {kind}"
+        print(f"{label:13s}{wsgi:9.0f}{asgi:9.0f}{asgi / wsgi:11.2f}x  {wsgi_cpu:9.2f}{asgi_cpu:9.2f}{cpu_ratio}"
+              f"  ({rounds})")
+    print("floor: a hello-world app in place of Django, on the same servers (what clients and server cost alone)")
     failed = {key: count for key, count in failures.items() if count}
     if failed:
         print("not answered 2xx:", ", ".join(f"{name} {kind}: {count}" for (kind, name), count in failed.items()))

@@ -8,16 +8,18 @@ data directory and database, 127.0.0.1 only), uploads two models, and runs two p
 - baseline: 1 subscriber on ``/api/stream/events/?model=base``, then the learns;
 - fan-out: 100 subscribers on ``/api/stream/events/?model=fan``, then the learns.
 
-In each phase ``BENCH_LEARNS`` learns are sent as fast as they are answered by ``BENCH_CLIENTS`` client
-processes (so every worker appends), each learn's answer time recorded; each subscriber (asyncio, raw
+In each phase ``BENCH_LEARNS`` learns are sent by ``BENCH_CLIENTS`` client processes (so every worker
+appends), as fast as they are answered unless ``BENCH_RATE`` says otherwise, each learn's answer time
+recorded; each subscriber (asyncio, raw
 HTTP/1.1 and SSE parsed here) records when it saw each learn's event. Delivery latency is event seen
 minus learn answered (both on this host's monotonic clock; below 0 when the event came first). Prints
 delivered/expected, duplicates, p50/p95/p99/max latency per phase and the ratio to the baseline; it
 asserts nothing. The issue's target: every subscriber gets every event, p99 < 250 ms.
 
 Environment: ``BENCH_WORKERS`` (default 4), ``BENCH_SUBSCRIBERS`` (default 100), ``BENCH_LEARNS``
-(default 200), ``BENCH_CLIENTS`` (default 4), ``BENCH_SETTINGS`` (extra ``NAME=value`` pairs, comma
-separated, passed to the server as ``DJANGO_RIVER_ML_NAME``, e.g. ``STREAM_POLL_SECONDS=0.01``).
+(default 200), ``BENCH_CLIENTS`` (default 4), ``BENCH_RATE`` (learns per second in all, spread evenly;
+default 0: as fast as answered), ``BENCH_SETTINGS`` (extra ``NAME=value`` pairs, comma separated,
+passed to the server as ``DJANGO_RIVER_ML_NAME``, e.g. ``STREAM_POLL_SECONDS=0.01``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ WORKERS = int(os.environ.get("BENCH_WORKERS", "4"))
 SUBSCRIBERS = int(os.environ.get("BENCH_SUBSCRIBERS", "100"))
 LEARNS = int(os.environ.get("BENCH_LEARNS", "200"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "4"))
+RATE = float(os.environ.get("BENCH_RATE", "0"))
 SETTINGS = dict(pair.split("=", 1) for pair in os.environ.get("BENCH_SETTINGS", "").split(",") if pair)
 # How long subscribers may take to get every event once the learns are answered (then we count).
 DRAIN_SECONDS = 30
@@ -82,8 +85,8 @@ class Server:
                        env=self.env, check=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(BIN / "gunicorn"), "example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
-                 "--workers", str(WORKERS), "--bind", f"127.0.0.1:{self.port}"],
+                [str(BIN / "gunicorn"), "example_project.asgi:application", "-k", "django_river_ml.worker.UvicornWorker",
+                 "--forwarded-allow-ips=", "--workers", str(WORKERS), "--bind", f"127.0.0.1:{self.port}"],
                 cwd=EXAMPLE_PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         import requests
 
@@ -140,10 +143,11 @@ def _learn(task: tuple[str, str, list[int], float]) -> list[tuple[int, float]]:
 
     url, model, indices, start = task
     session = requests.Session()
-    while time.monotonic() < start:
-        time.sleep(0.001)
     answered = []
-    for i in indices:
+    for n, i in enumerate(indices):
+        due = start + n * CLIENTS / RATE if RATE else start
+        while time.monotonic() < due:
+            time.sleep(0.001)
         response = session.post(f"{url}/api/learn/", json={"model": model, "features": {"x": float(i)},
                                                            "ground_truth": float(i % 7)}, timeout=60)
         now = time.monotonic()
@@ -278,8 +282,9 @@ async def run(server: Server, pool) -> list[dict]:
 
 def main() -> None:
     settings = ", ".join(f"{name}={value}" for name, value in SETTINGS.items()) or "defaults"
+    pace = f"{RATE:g} per second" if RATE else "as fast as answered"
     print(f"{WORKERS} workers (gunicorn + uvicorn, embedded store, {settings}), {LEARNS} learns per phase "
-          f"from {CLIENTS} client processes, as fast as answered")
+          f"from {CLIENTS} client processes, {pace}")
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as scratch:
         server = Server(Path(scratch))
         try:

@@ -129,7 +129,7 @@ class LiveServer:
         gunicorn = Path(sys.executable).parent / "gunicorn"
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(gunicorn), "example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
+                [str(gunicorn), "example_project.asgi:application", "-k", "django_river_ml.worker.UvicornWorker",
                  "--forwarded-allow-ips=", "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}",
                  "--timeout", "60", "--graceful-timeout", "5"],
                 cwd=EXAMPLE_PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT,

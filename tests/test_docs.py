@@ -66,7 +66,7 @@ def docs_server(workspace):
     port = free_port()
     log = open(workspace / "gunicorn.log", "wb")
     server = subprocess.Popen([str(Path(sys.prefix) / "bin" / "gunicorn"), "example_project.asgi:application",
-                               "--worker-class", "uvicorn_worker.UvicornWorker", "--workers", "2",
+                               "--worker-class", "django_river_ml.worker.UvicornWorker", "--forwarded-allow-ips=", "--workers", "2",
                                "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"],
                               cwd=site, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

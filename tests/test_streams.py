@@ -396,3 +396,34 @@ def test_the_system_check_refuses_another_eventstream_storage_or_channel_manager
     settings.EVENTSTREAM_STORAGE_CLASS = "django_river_ml.streams.adapters.EventStorage"
     settings.EVENTSTREAM_CHANNELMANAGER_CLASS = "no.such.Manager"
     assert errors() == ["django_river_ml.E004"]
+
+
+@pytest.mark.live
+def test_open_streams_end_cleanly_when_the_server_stops(live_server_factory):
+    """The app's worker ends open streams first: the response completes (its final chunk is sent) instead of
+    the worker being killed at gunicorn's graceful timeout with the stream still open."""
+    import threading
+
+    import requests
+
+    server = live_server_factory("shelve", workers=2)
+    outcome = {}
+
+    def follow():
+        try:
+            with requests.get(server.url + STREAM, stream=True, timeout=(5, 60)) as response:
+                outcome["status"] = response.status_code
+                outcome["lines"] = [line for line in response.iter_lines() if line]
+            outcome["ended"] = "cleanly"
+        except requests.RequestException as error:
+            outcome["ended"] = repr(error)
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    wait_for(lambda: "status" in outcome or "ended" in outcome, timeout=30)
+    time.sleep(0.5)  # the stream is open and waiting
+    server.stop()
+    reader.join(60)
+    assert outcome["status"] == 200 and outcome["ended"] == "cleanly", (outcome, server.log_text()[-3000:])
+    assert b"event: stream-open" in outcome["lines"]
+    assert server.process.returncode == 0, server.log_text()[-2000:]

@@ -3,8 +3,9 @@
 Every test here talks HTTP to example_project under gunicorn with uvicorn workers (the
 ``live_server_factory`` fixture), on both stores where it makes sense. Subscribers are plain
 streaming ``requests`` connections read by a thread each and parsed with riverapi's SSE parser
-(tested on its own in tests/test_riverapi_streams.py); our riverapi ``EventStream`` and the
-published riverapi 0.0.21 are driven against the same servers at the end.
+(tested on its own in tests/test_riverapi_streams.py); our riverapi ``EventStream`` (across a
+restart of the whole server) and the published riverapi 0.0.21 are driven against a real server
+too, in test_streams_resume_where_they_left_off.
 
 The assertions are about delivery (every event, once, in id order, to every subscriber that may
 read it), never about speed: waits are generous and only bound how long a failure takes.
@@ -39,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PROJECT = ROOT / "example_project"
 # How long a subscriber may take to see what it should (a busy shared machine: generous).
 DELIVERED_WITHIN = 60
+# Every stream connection of the running test, closed at its end (see close_streams_before_the_server_stops).
+OPEN: list = []
 # Events that are not about a model: the stream's own.
 STREAM_OWN = ("stream-open", "keep-alive", "stream-reset", "stream-error")
 
@@ -105,6 +108,7 @@ class Subscriber:
         self.failure: BaseException | None = None
         self._changed = threading.Condition()
         self.error_body = None
+        OPEN.append(self)
         if self.status != 200:
             self.error_body = self.response.json() if "json" in self.content_type else self.response.text
             self.response.close()
@@ -176,6 +180,14 @@ class Subscriber:
         self._thread.join(10)
 
 
+@pytest.fixture(autouse=True)
+def close_streams_before_the_server_stops(live_server_factory):
+    """Streams left open (a failed test) would hold each server's stop for its graceful timeout."""
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
 def open_streams(server, path: str, count: int = 1, headers: dict | None = None) -> list[Subscriber]:
     """``count`` subscribers, returned once each has its ``stream-open`` (so they miss nothing sent next)."""
     subscribers = [Subscriber(server, path, headers) for _ in range(count)]
@@ -223,7 +235,9 @@ def assert_each_once_in_id_order(subscriber: Subscriber, channel: str) -> list:
     """The subscriber's model events: ids on ``channel`` strictly increasing, no event twice."""
     events = subscriber.model_events()
     ids = [parse_id(event.id)[channel] for event in events]
-    assert all(a < b for a, b in zip(ids, ids[1:])), (channel, ids)
+    back = [index for index in range(1, len(ids)) if ids[index] <= ids[index - 1]]
+    assert not back, (f"{subscriber.path}: ids on {channel} went back at {len(back)} places; around the first: "
+                      f"{ids[max(0, back[0] - 8):back[0] + 8]}; events: {subscriber.summary()}")
     keys = Counter((event.event, event.data.get("model"), event.data.get("sequence"), event.data.get("time"))
                    for event in events)
     assert not [key for key, times in keys.items() if times > 1], subscriber.summary()
@@ -322,16 +336,61 @@ def test_every_subscriber_on_every_worker_gets_every_event(live_server_factory, 
         subscriber.close()
 
 
-# -- c.: resuming with Last-Event-ID, and past the retention ------------------------------------
+# -- c. f.: resuming with Last-Event-ID, past the retention, across a restart, with both clients ----
+
+
+class ClientReader:
+    """A thread pulling riverapi Events from an EventStream iterator into a list."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.events: list = []
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        OPEN.append(self)
+
+    def _read(self) -> None:
+        try:
+            for event in self.stream:
+                self.events.append(event)
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            self.failure = error
+
+    def learns(self, model: str) -> list[int]:
+        return [e.data["sequence"] for e in list(self.events) if e.event == "learn" and e.data["model"] == model]
+
+    def close(self) -> None:
+        self.stream.reconnect = False
+        response = self.stream._response
+        if response is not None:
+            try:
+                response.raw.connection.sock.shutdown(socket.SHUT_RDWR)
+            except (AttributeError, OSError):
+                pass
+        self.thread.join(15)
+
+
+PUBLISHED_STREAM_SCRIPT = """
+import json, sys
+from riverapi.main import Client
+
+client = Client(sys.argv[1], quiet=True)
+for line in client.stream_events():
+    print(json.dumps(line), flush=True)
+"""
 
 
 @pytest.mark.parametrize("backend", ["shelve", "redis"])
-def test_a_resumed_stream_replays_exactly_what_it_missed(live_server_factory, backend):
+def test_streams_resume_where_they_left_off(live_server_factory, backend, published_client_path):
+    from riverapi import Client
+
     server = live_server_factory(backend, workers=2, STREAM_RETENTION="10")
     upload(server, "resume")
     path = "/api/stream/events/?model=resume"
     session = requests.Session()
 
+    # c. Reconnecting with the last id seen replays exactly what was missed, then goes on live.
     first = open_streams(server, path)[0]
     for i in range(3):
         assert learn(session, server, "resume", i).status_code == 201
@@ -356,7 +415,7 @@ def test_a_resumed_stream_replays_exactly_what_it_missed(live_server_factory, ba
 
     # Past the retention (10): the stream says it was reset instead of skipping events silently.
     # The log is trimmed lazily (SQLite every 64 appends; Redis's MAXLEN ~ by whole stream nodes),
-    # so a few dozen missed events may still all be there: then they are all replayed, or a reset.
+    # so a few dozen missed events may all be kept still: then they are all replayed.
     learn_many(server, "resume", 50)
     resumed = open_streams(server, path, headers={"Last-Event-ID": last_id})[0]
     resumed.wait_for(lambda s: s.of_type("stream-reset") or s.has_sequences("resume", range(11, 61))(s),
@@ -365,20 +424,20 @@ def test_a_resumed_stream_replays_exactly_what_it_missed(live_server_factory, ba
     if fifty_missed == "replayed":
         assert sorted(resumed.sequences("resume")) == list(range(11, 61))
         assert_each_once_in_id_order(resumed, "events/resume")
-    last_id = resumed.of_type("learn", "stream-reset")[-1].id  # where the stream got to
+    got_to = max(parse_id(event.id)["events/resume"] for event in resumed.of_type("learn", "stream-reset"))
+    last_id = f"events/resume:{got_to}"
     resumed.close()
     print(f"[{backend}] 50 events missed with STREAM_RETENTION=10: {fifty_missed}")
 
-    learn_many(server, "resume", 150)  # past every trimming point: 61..210
+    learn_many(server, "resume", 80)  # 61..140: past a trimming point of both logs
     resumed = open_streams(server, path, headers={"Last-Event-ID": last_id})[0]
     resumed.wait_for(lambda s: bool(s.of_type("stream-reset")), what="a stream-reset")
     (reset,) = resumed.of_type("stream-reset")
     assert reset.data == {"channels": ["events/resume"]}
-    assert parse_id(reset.id) == {"events/resume": parse_id(last_id)["events/resume"] + 150}  # the current id
-    assert not resumed.of_type("learn")  # no stale event after the reset
+    assert parse_id(reset.id) == {"events/resume": parse_id(last_id)["events/resume"] + 80}  # the current id
     assert learn(session, server, "resume", 0).status_code == 201  # then live events as usual
-    resumed.wait_for(resumed.has_sequences("resume", [211]), what="the live learn after the reset")
-    assert resumed.sequences("resume") == [211]
+    resumed.wait_for(resumed.has_sequences("resume", [141]), what="the live learn after the reset")
+    assert resumed.sequences("resume") == [141], resumed.summary()  # nothing older than the reset
     resumed.close()
 
     # An id beyond the channel's last one (a store that was emptied) is a reset too, not a 4xx.
@@ -386,21 +445,79 @@ def test_a_resumed_stream_replays_exactly_what_it_missed(live_server_factory, ba
     beyond.wait_for(lambda s: bool(s.of_type("stream-reset")), what="a stream-reset")
     beyond.close()
 
+    # f. Our riverapi client's EventStream goes on across a restart of the whole server.
+    upload(server, "steady")
+    client = Client(server.url, quiet=True, timeout=30)
+    # From the upload on (id 1 of its channel): no race between connecting and the first learns.
+    stream = client.stream_events(model="steady", retry_delay=0.2, last_event_id="events/steady:1")
+    stream.max_delay = 1.0  # retry often while the server restarts
+    reader = ClientReader(stream)
+    for i in range(3):
+        assert learn(session, server, "steady", i).status_code == 201
+    wait_until(lambda: reader.learns("steady") == [1, 2, 3], DELIVERED_WITHIN, "the first learns")
+
+    server.restart()
+    session = requests.Session()
+    for i in range(3):  # probably before the client is back: replayed from the event log
+        assert learn(session, server, "steady", i).status_code == 201
+    wait_until(lambda: len(reader.learns("steady")) >= 6, DELIVERED_WITHIN, "the learns after the restart")
+    assert learn(session, server, "steady", 9).status_code == 201  # and live ones
+    wait_until(lambda: len(reader.learns("steady")) >= 7, DELIVERED_WITHIN, "a live learn")
+    assert reader.failure is None, reader.failure
+    assert reader.learns("steady") == list(range(1, 8)), [e.to_dict() for e in reader.events]
+    assert [e.event for e in reader.events] == ["learn"] * 7  # housekeeping skipped, nothing else
+    assert stream.connections >= 2
+    assert [parse_id(e.id) for e in reader.events] == [{"events/steady": i} for i in range(2, 9)]
+    reader.close()
+
+    # The published 0.0.21 client: stream_events() yields the raw SSE lines.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "RIVER_ML_"))}
+    env["PYTHONPATH"] = str(published_client_path)
+    published = subprocess.Popen([sys.executable, "-c", PUBLISHED_STREAM_SCRIPT, server.url], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(json.loads(line) for line in published.stdout), daemon=True).start()
+    try:
+        wait_until(lambda: "event: stream-open" in lines, DELIVERED_WITHIN, "the published client's stream-open")
+        # It reads lines in blocks of 512 bytes: send learns until one has come through.
+        deadline = time.monotonic() + DELIVERED_WITHIN
+        i = 0
+        while not any(line.startswith("data: {") and '"model":"steady"' in line for line in lines):
+            assert time.monotonic() < deadline and published.poll() is None, (lines, published.poll())
+            assert learn(session, server, "steady", i).status_code == 201
+            i += 1
+            time.sleep(0.05)
+    finally:
+        published.kill()
+        stderr = published.communicate(timeout=30)[1]
+    assert "event: learn" in lines, (lines, stderr)
+    data = [json.loads(line[len("data: "):]) for line in lines if line.startswith("data: {")]
+    assert data[0]["model"] == "steady" and data[0]["sequence"] == 8, data
+    assert any(line.startswith("id: events:") for line in lines), lines
+
 
 # -- e.: authentication and access ----------------------------------------------------------------
 
+TOKENS_SCRIPT = """
+import sys, django
+django.setup()
+from django.core.management import call_command
+for name in sys.argv[1:]:
+    call_command("river_token", name, "--create-user")
+"""
 
-def river_token(server, username: str) -> str:
-    created = subprocess.run([sys.executable, "manage.py", "river_token", username, "--create-user"],
-                             cwd=EXAMPLE_PROJECT, env=server.env, capture_output=True, text=True, check=True,
-                             timeout=120)
-    return created.stdout.strip()
+
+def river_tokens(server, *usernames: str) -> dict[str, str]:
+    """Users and their API tokens, made in the server's database (one Django start for all)."""
+    created = subprocess.run([sys.executable, "-c", TOKENS_SCRIPT, *usernames], cwd=EXAMPLE_PROJECT,
+                             env=server.env, capture_output=True, text=True, check=True, timeout=120)
+    return dict(zip(usernames, created.stdout.split()))
 
 
 @pytest.mark.parametrize("backend", ["shelve", "redis"])
 def test_streams_show_each_user_only_what_they_may_read(live_server_factory, backend):
     server = live_server_factory(backend, workers=2, DISABLE_AUTHENTICATION="false")
-    keys = {name: river_token(server, name) for name in ("ada", "bob")}
+    keys = river_tokens(server, "ada", "bob")
     token = {name: {"Authorization": f"Token {key}"} for name, key in keys.items()}
 
     for route in ("/api/stream/events/", "/api/stream/metrics/"):
@@ -442,113 +559,15 @@ def test_streams_show_each_user_only_what_they_may_read(live_server_factory, bac
     assert requests.delete(f"{server.url}/api/model/adas/", headers=token["ada"], timeout=30).status_code == 200
     for stream in adas_streams:
         stream.wait_for(lambda s: s.ended, what="the end of the stream")
-        errors = stream.of_type("stream-error")
-        assert len(errors) == 1 and errors[0].data["condition"] == "forbidden", stream.summary()
-        assert stream.events[-1][0].event == "stream-error"
+        kinds = [event.event for event, _ in stream.events]
+        after_delete = stream.events[kinds.index("delete") + 1:]
+        assert after_delete and all(event.event == "stream-error" for event, _ in after_delete), stream.summary()
+        for event, _ in after_delete:
+            assert event.data["condition"] == "forbidden" and event.data["channels"] == ["events/adas"]
     assert learn(session, server, "bobs", 9, token["bob"]).status_code == 201
     bobs_stream.wait_for(bobs_stream.has_sequences("bobs", [4]))
     assert not bobs_stream.ended and not bobs_stream.of_type("stream-error")
     bobs_stream.close()
-
-
-# -- f.: our riverapi client, across a whole-server restart; the published 0.0.21 client ------------
-
-
-class ClientReader:
-    """A thread pulling riverapi Events from an EventStream iterator into a list."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.events: list = []
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for event in self.stream:
-                self.events.append(event)
-        except Exception as error:  # noqa: BLE001 - reported by the test
-            self.failure = error
-
-    def learns(self, model: str) -> list[int]:
-        return [e.data["sequence"] for e in list(self.events) if e.event == "learn" and e.data["model"] == model]
-
-    def stop(self) -> None:
-        self.stream.reconnect = False
-        response = self.stream._response
-        if response is not None:
-            try:
-                response.raw.connection.sock.shutdown(socket.SHUT_RDWR)
-            except (AttributeError, OSError):
-                pass
-        self.thread.join(15)
-
-
-PUBLISHED_STREAM_SCRIPT = """
-import json, sys
-from riverapi.main import Client
-
-client = Client(sys.argv[1], quiet=True)
-for line in client.stream_events():
-    print(json.dumps(line), flush=True)
-"""
-
-
-@pytest.mark.parametrize("backend", ["shelve", "redis"])
-def test_riverapi_streams_resume_across_a_server_restart(live_server_factory, backend, published_client_path):
-    from riverapi import Client
-
-    server = live_server_factory(backend, workers=2)
-    upload(server, "steady")
-    client = Client(server.url, quiet=True, timeout=30)
-    stream = client.stream("/stream/events/?model=steady", retry_delay=0.2)
-    stream.max_delay = 1.0  # retry often while the server restarts
-    reader = ClientReader(stream)
-    session = requests.Session()
-    wait_until(lambda: any(e.event == "stream-open" for e in reader.events), DELIVERED_WITHIN, "stream-open")
-    for i in range(3):
-        assert learn(session, server, "steady", i).status_code == 201
-    wait_until(lambda: reader.learns("steady") == [1, 2, 3], DELIVERED_WITHIN, "the first learns")
-
-    server.restart()
-    session = requests.Session()
-    for i in range(3):  # probably before the client is back: replayed from the event log
-        assert learn(session, server, "steady", i).status_code == 201
-    wait_until(lambda: len(reader.learns("steady")) >= 6, DELIVERED_WITHIN, "the learns after the restart")
-    assert learn(session, server, "steady", 9).status_code == 201  # and live ones
-    wait_until(lambda: len(reader.learns("steady")) >= 7, DELIVERED_WITHIN, "a live learn")
-    assert reader.failure is None, reader.failure
-    assert reader.learns("steady") == list(range(1, 8)), [e.to_dict() for e in reader.events]
-    assert stream.connections >= 2
-    ids = [parse_id(e.id)["events/steady"] for e in reader.events if e.event == "learn"]
-    assert ids == list(range(ids[0], ids[0] + 7))
-    reader.stop()
-
-    # The published 0.0.21 client: stream_events() yields the raw SSE lines.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "RIVER_ML_"))}
-    env["PYTHONPATH"] = str(published_client_path)
-    published = subprocess.Popen([sys.executable, "-c", PUBLISHED_STREAM_SCRIPT, server.url], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(json.loads(line) for line in published.stdout), daemon=True).start()
-    try:
-        wait_until(lambda: "event: stream-open" in lines, DELIVERED_WITHIN, "the published client's stream-open")
-        # It reads lines in blocks of 512 bytes: send learns until one has come through.
-        deadline = time.monotonic() + DELIVERED_WITHIN
-        i = 0
-        while not any(line.startswith("data: {") and '"model":"steady"' in line for line in lines):
-            assert time.monotonic() < deadline and published.poll() is None, (lines, published.poll())
-            assert learn(session, server, "steady", i).status_code == 201
-            i += 1
-            time.sleep(0.05)
-    finally:
-        published.kill()
-        stderr = published.communicate(timeout=30)[1]
-    assert "event: learn" in lines, (lines, stderr)
-    data = [json.loads(line[len("data: "):]) for line in lines if line.startswith("data: {")]
-    assert data[0]["model"] == "steady" and data[0]["sequence"] == 8, data
-    assert any(line.startswith("id: events:") for line in lines), lines
 
 
 # -- g.: Redis goes away and comes back under open streams ---------------------------------------
@@ -596,6 +615,7 @@ def test_open_streams_survive_a_redis_restart(live_server_factory, tmp_path):
             statuses.append(learn(session, server, "outage", 0).status_code)
             time.sleep(0.25)
         assert set(statuses) == {503}, Counter(statuses)
+        print(f"while Redis was down: {len(statuses)} learns, all answered 503")
 
         own = start_redis(port, directory)
         wait_until(learned, 60, "a learn answering 201")
@@ -633,7 +653,7 @@ def test_a_locked_event_log_never_fails_or_slows_a_learn(live_server_factory):
     lock = sqlite3.connect(events_file, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # every append waits for it (5 s busy timeout), then fails
     try:
-        locked_until = time.monotonic() + 7
+        locked_until = time.monotonic() + 6
         durations = []
         while time.monotonic() < locked_until:
             started = time.monotonic()

@@ -19,6 +19,9 @@ Channels: ``events`` and ``metrics`` carry every model; ``events/<model>`` and
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+
 EVENTS, METRICS = "events", "metrics"
 KINDS = (EVENTS, METRICS)
 
@@ -45,3 +48,18 @@ def reset_streams(*, setting: str, **kwargs) -> None:
         stop_fanout()
         forget_pending()
         reset_event_log()
+
+
+_closing: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def closing() -> asyncio.Event:
+    """Set when this process's server begins to stop, so that open streams end (see :mod:`django_river_ml.worker`).
+
+    One per event loop (a server has one; tests may run several, one after another).
+    """
+    loop = asyncio.get_running_loop()
+    event = _closing.get(loop)
+    if event is None:
+        event = _closing[loop] = asyncio.Event()
+    return event

@@ -8,6 +8,8 @@ waits for live events. Errors before the stream starts are JSON, like the rest o
 
 from __future__ import annotations
 
+import asyncio
+
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from django_eventstream.eventrequest import EventRequest
@@ -18,7 +20,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from django_river_ml import schema as openapi
 from django_river_ml.exceptions import InvalidInput, StreamsUnavailable
 from django_river_ml.settings import river_settings
-from django_river_ml.streams import EVENTS, METRICS, channel
+from django_river_ml.streams import EVENTS, METRICS, channel, closing
 from django_river_ml.streams.adapters import StreamListener, channels_for
 from django_river_ml.streams.eventlog import get_event_log
 from django_river_ml.streams.fanout import ensure_fanout
@@ -78,18 +80,31 @@ class StreamView(RiverAPIView):
 
 
 async def ended_by_errors(bodies):
-    """django-eventstream's stream, ended after a ``stream-error``.
+    """django-eventstream's stream, ended after a ``stream-error``, or when the server stops.
 
     Its stream sends the error (a kicked listener: the model was deleted, or a new one is there
     to follow) but then goes on waiting, and sends it again at every event; the client is told
-    to reconnect, so the stream ends here.
+    to reconnect, so the stream ends here. A server that stops (:func:`~django_river_ml.streams.closing`)
+    ends it too: the client reconnects elsewhere and resumes.
     """
+    stop = asyncio.ensure_future(closing().wait())
     try:
-        async for body in bodies:
-            yield body
-            if STREAM_ERROR in "\n" + body:
+        while True:
+            body = asyncio.ensure_future(anext(bodies))
+            await asyncio.wait({body, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not body.done():  # the server stops: end the stream (its generator's clean-up runs first)
+                body.cancel()
+                await asyncio.wait({body})
+                return
+            try:
+                text = body.result()
+            except StopAsyncIteration:
+                return
+            yield text
+            if STREAM_ERROR in "\n" + text:
                 return
     finally:
+        stop.cancel()
         await bodies.aclose()
 
 

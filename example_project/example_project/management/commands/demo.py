@@ -269,7 +269,7 @@ class Command(BaseCommand):
         gunicorn = Path(sys.executable).parent / "gunicorn"
         command = [str(gunicorn)] if gunicorn.exists() else [sys.executable, "-m", "gunicorn"]
         # ASGI, as `make serve` (see the Makefile): the live streams hold connections, not workers.
-        command += ["example_project.asgi:application", "-k", "uvicorn_worker.UvicornWorker", "--forwarded-allow-ips=",
+        command += ["example_project.asgi:application", "-k", "django_river_ml.worker.UvicornWorker", "--forwarded-allow-ips=",
                     "--workers", str(workers), "--bind", f"{HOST}:{port}", "--graceful-timeout", "5",
                     "--log-level", "warning"]
         env = dict(os.environ)
