@@ -88,6 +88,9 @@ def test_the_site_leads_to_the_dashboard_page(settings):
 @pytest.mark.live
 def test_demo_serves_feeds_and_stops(tmp_path, settings):
     env = site_env(tmp_path)
+    # The browser the demo opens the dashboard in: a command that notes the URL it is given.
+    opened = tmp_path / "opened.txt"
+    env["BROWSER"] = f"{sys.executable} -c \"import sys; open({str(opened)!r}, 'a').write(sys.argv[1])\" %s"
     migrated = manage("migrate", "--verbosity", "0", env=env)
     assert migrated.returncode == 0, migrated.stderr
     port = free_port()
@@ -97,6 +100,7 @@ def test_demo_serves_feeds_and_stops(tmp_path, settings):
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
     assert f"Open the dashboard:  http://127.0.0.1:{port}/api/dashboard/\n" in output
+    assert opened.read_text() == f"http://127.0.0.1:{port}/api/dashboard/"
     assert f"http://127.0.0.1:{port}/api/models/" in output
     assert f"http://127.0.0.1:{port}/api/metrics/?model=" in output
     check_final_lines(output)

@@ -41,6 +41,22 @@ PROGRESS_EVERY = 3.0
 MAX_CONSECUTIVE_ERRORS = 25
 
 
+def open_in_browser(url: str) -> None:
+    """Open the dashboard where a browser can show it: a desktop session, or the one $BROWSER names.
+
+    On a server without a display, Python's webbrowser would run a text browser (lynx, w3m) in
+    the foreground and the demo would stop feeding: there the banner's URL is enough.
+    """
+    import webbrowser
+
+    graphical = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if graphical or os.environ.get("BROWSER"):
+        try:
+            webbrowser.open(url)
+        except webbrowser.Error:
+            pass
+
+
 class Stop(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM arrived: stop feeding, then stop the server."""
 
@@ -142,12 +158,16 @@ class Command(BaseCommand):
                             help="Examples per second for each model (default 20).")
         parser.add_argument("--limit", type=int, default=None,
                             help="Stop after this many examples per model (default: run until stopped).")
+        parser.add_argument("--no-browser", action="store_true",
+                            help="Do not open the dashboard in a web browser (opened only where one can show: "
+                                 "a desktop session, or $BROWSER).")
         parser.add_argument("--no-server", action="store_true",
                             help="Do not start gunicorn; feed the server already listening on --port.")
 
     # Entry point ----------------------------------------------------------------
 
-    def handle(self, *args, port: int, workers: int, rate: float, limit: int | None, no_server: bool, **options):
+    def handle(self, *args, port: int, workers: int, rate: float, limit: int | None, no_server: bool,
+               no_browser: bool = False, **options):
         import requests
 
         if rate <= 0:
@@ -180,6 +200,8 @@ class Command(BaseCommand):
             models = demo_models()
             self.upload(models)
             self.banner(models, rate, limit)
+            if not no_browser:
+                open_in_browser(f"{self.api}dashboard/")
             self.feed(models, rate, limit)
             self.summary(models)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Stop)
