@@ -284,6 +284,8 @@ def test_every_subscriber_on_every_worker_gets_every_event(live_server_factory, 
     # a. Every subscriber of the all-models channel: each learn once, ids increasing on "events",
     # and the same id for the same event whichever worker served it.
     ids_seen: dict[tuple, set] = {}
+    for subscriber in everything + [only_alpha, alpha_and_beta]:  # nothing was trimmed (STREAM_RETENTION 1000)
+        assert not subscriber.of_type("stream-reset", "stream-error"), subscriber.summary()
     for subscriber in everything:
         events = assert_each_once_in_id_order(subscriber, "events")
         assert sorted(subscriber.sequences("alpha")) == list(range(1, 101))
@@ -561,9 +563,9 @@ def test_streams_show_each_user_only_what_they_may_read(live_server_factory, bac
         stream.wait_for(lambda s: s.ended, what="the end of the stream")
         kinds = [event.event for event, _ in stream.events]
         after_delete = stream.events[kinds.index("delete") + 1:]
-        assert after_delete and all(event.event == "stream-error" for event, _ in after_delete), stream.summary()
-        for event, _ in after_delete:
-            assert event.data["condition"] == "forbidden" and event.data["channels"] == ["events/adas"]
+        assert [event.event for event, _ in after_delete] == ["stream-error"], stream.summary()  # once, then the end
+        (error, _), = after_delete
+        assert error.data["condition"] == "forbidden" and error.data["channels"] == ["events/adas"]
     assert learn(session, server, "bobs", 9, token["bob"]).status_code == 201
     bobs_stream.wait_for(bobs_stream.has_sequences("bobs", [4]))
     assert not bobs_stream.ended and not bobs_stream.of_type("stream-error")
@@ -639,7 +641,7 @@ def test_open_streams_survive_a_redis_restart(live_server_factory, tmp_path):
 # -- h.: an unusable event log never fails a learn -------------------------------------------------
 
 
-def test_a_locked_event_log_never_fails_or_slows_a_learn(live_server_factory):
+def test_a_locked_event_log_never_fails_a_learn(live_server_factory):
     server = live_server_factory("shelve", workers=2)
     upload(server, "locked")
     stream = open_streams(server, "/api/stream/events/?model=locked")[0]
@@ -663,15 +665,15 @@ def test_a_locked_event_log_never_fails_or_slows_a_learn(live_server_factory):
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    # Far below the event log's 5 s busy timeout: no learn waited for it.
-    assert max(durations) < 4, durations
+    # Every learn answered while the event log was locked (it never waits for the log: tests assert no times).
+    print(f"learns while the event log was locked took {min(durations):.3f}-{max(durations):.3f} s")
     during = 2 + len(durations)
 
     for i in range(3):
         assert learn(session, server, "locked", i).status_code == 201
     after = range(during + 1, during + 4)
     stream.wait_for(stream.has_sequences("locked", after), what="the learns after the lock")
-    assert not stream.ended
+    assert not stream.ended and not stream.of_type("stream-reset", "stream-error")
     delivered_during = sorted(set(stream.sequences("locked")) & set(range(3, during + 1)))
     print(f"while the event log was locked: {len(durations)} learns, {len(delivered_during)} of their events "
           f"delivered, the others dropped")

@@ -175,8 +175,8 @@ class SQLiteEventLog(EventLog):
                                    (channel, after, limit)).fetchall()
             return [Event(channel, event_type, data, id=event_id) for event_id, event_type, data in rows]
 
+        current = self.current_id(channel)  # first: an append between the two reads then only adds events
         events = self._run(read)
-        current = self.current_id(channel)
         if self._missing(channel, after, events, current):
             raise EventDoesNotExist(f"Events of {channel} after {after} are no longer kept", current)
         return events
@@ -295,11 +295,11 @@ class RedisEventLog(EventLog):
                 for (channel, event_type, data), event_id in zip(events, ids)]
 
     def read(self, channel, after, limit=100):
+        current = self.current_id(channel)  # first: an append between the two reads then only adds events
         start = f"({after}-1" if after > 0 else "-"
         entries = self._call(self.redis.xrange, self._keys(channel)[1], start, "+", count=limit)
         events = [Event(channel, fields[b"t"].decode(), fields[b"d"].decode(), id=int(entry_id.split(b"-")[0]))
                   for entry_id, fields in entries]
-        current = self.current_id(channel)
         if self._missing(channel, after, events, current):
             raise EventDoesNotExist(f"Events of {channel} after {after} are no longer kept", current)
         return events

@@ -5,8 +5,8 @@ event on a bounded queue, so a learn never waits for the event log and never fai
 of it. One thread per process drains the queue in batches (one write for many events) and
 appends each event twice, to its model's channel (``events/<model>``) and to the channel of
 all models (``events``). When the event log is slow or down, events wait in the queue up to
-``STREAM_QUEUE_SIZE``; beyond that, or when an append fails, they are dropped and counted in
-:attr:`Publisher.dropped` (and logged).
+``STREAM_QUEUE_SIZE``; beyond that, or when a write still fails after a few tries, they are
+dropped and counted in :attr:`Publisher.dropped` (and logged).
 
 The same thread sends the metrics stream. A learn, label or predict marks its model changed;
 at most every ``STREAM_METRICS_INTERVAL_SECONDS`` per model, across all workers (a claim in
@@ -39,6 +39,8 @@ CHANGES_METRICS = frozenset({"learn", "label", "predict", "upload"})
 MAX_EVENT_BYTES = 64 * 1024
 # Most events appended in one write.
 BATCH = 500
+# Pauses before trying a failed write again (a busy SQLite file, a Redis failing over); then it is dropped.
+RETRY_PAUSES = (0.2, 0.5, 1.0)
 
 
 class Publisher:
@@ -105,10 +107,16 @@ class Publisher:
                 elif event == "delete":
                     self._changed.pop(model, None)
         try:
-            get_event_log().append(rows)
-        except Exception as error:
-            self.dropped += len(batch)
-            logger.warning("Dropped %d stream events: %s", len(batch), error)
+            for pause in (*RETRY_PAUSES, None):
+                try:
+                    get_event_log().append(rows)
+                    break
+                except Exception as error:  # busy or down: new events wait in the queue meanwhile
+                    if pause is None:
+                        self.dropped += len(batch)
+                        logger.warning("Dropped %d stream events: %s", len(batch), error)
+                    else:
+                        time.sleep(pause)
         finally:
             for _ in batch:
                 self.queue.task_done()

@@ -1,35 +1,32 @@
 """``GET /stream/events/`` and ``GET /stream/metrics/``: Server-Sent Events, through django-eventstream.
 
 The view authenticates like every API route, picks the channels (``?model=NAME``, repeatable,
-else every model the caller may read), checks ``Last-Event-ID``, and hands the response to
-django-eventstream's stream, which replays what the client missed from the event log and then
-waits for live events. Errors before the stream starts are JSON, like the rest of the API.
+else every model the caller may read), checks ``Last-Event-ID``, and answers with the stream
+(:mod:`django_river_ml.streams.sse`, on django-eventstream's parts), which replays what the
+client missed from the event log and then sends live events. Errors before the stream starts
+are JSON, like the rest of the API.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from django_eventstream.eventrequest import EventRequest
 from django_eventstream.utils import add_default_headers
-from django_eventstream.views import stream
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 
 from django_river_ml import schema as openapi
 from django_river_ml.exceptions import InvalidInput, StreamsUnavailable
 from django_river_ml.settings import river_settings
-from django_river_ml.streams import EVENTS, METRICS, channel, closing
+from django_river_ml.streams import EVENTS, METRICS, channel
 from django_river_ml.streams.adapters import StreamListener, channels_for
 from django_river_ml.streams.eventlog import get_event_log
 from django_river_ml.streams.fanout import ensure_fanout
+from django_river_ml.streams.sse import event_stream
 from django_river_ml.views.api import RiverAPIView
 
 # django-eventstream's own parameters for a GRIP proxy: never taken from a client here.
 PROXY_PARAMETERS = ("es-meta", "recover", "link")
-# How an error event starts (JSON data never holds a raw newline, so it cannot fake one).
-STREAM_ERROR = "\nevent: stream-error\n"
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -67,8 +64,7 @@ class StreamView(RiverAPIView):
         listener = StreamListener(self.kind, readable)
         listener.user_id = event_request.user.pk if event_request.user else "anonymous"
         listener.channels = event_request.channels
-        response = StreamingHttpResponse(ended_by_errors(stream(event_request, listener)),
-                                         content_type="text/event-stream")
+        response = StreamingHttpResponse(event_stream(event_request, listener), content_type="text/event-stream")
         add_default_headers(response, request=request)
         return response
 
@@ -77,35 +73,6 @@ class StreamView(RiverAPIView):
         if getattr(response, "data", None) is not None:
             request.accepted_renderer, request.accepted_media_type = JSONRenderer(), JSONRenderer.media_type
         return super().finalize_response(request, response, *args, **kwargs)
-
-
-async def ended_by_errors(bodies):
-    """django-eventstream's stream, ended after a ``stream-error``, or when the server stops.
-
-    Its stream sends the error (a kicked listener: the model was deleted, or a new one is there
-    to follow) but then goes on waiting, and sends it again at every event; the client is told
-    to reconnect, so the stream ends here. A server that stops (:func:`~django_river_ml.streams.closing`)
-    ends it too: the client reconnects elsewhere and resumes.
-    """
-    stop = asyncio.ensure_future(closing().wait())
-    try:
-        while True:
-            body = asyncio.ensure_future(anext(bodies))
-            await asyncio.wait({body, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not body.done():  # the server stops: end the stream (its generator's clean-up runs first)
-                body.cancel()
-                await asyncio.wait({body})
-                return
-            try:
-                text = body.result()
-            except StopAsyncIteration:
-                return
-            yield text
-            if STREAM_ERROR in "\n" + text:
-                return
-    finally:
-        stop.cancel()
-        await bodies.aclose()
 
 
 class EventStreamView(StreamView):
