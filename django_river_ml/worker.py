@@ -29,7 +29,9 @@ class StreamClosingServer(uvicorn.Server):
 
 
 class UvicornWorker(uvicorn_worker.UvicornWorker):
-    """uvicorn-worker's gunicorn worker, with :class:`StreamClosingServer`."""
+    """uvicorn-worker's gunicorn worker, with :class:`StreamClosingServer` (and no ASGI lifespan: Django has none)."""
+
+    CONFIG_KWARGS = {**uvicorn_worker.UvicornWorker.CONFIG_KWARGS, "lifespan": "off"}
 
     async def _serve(self) -> None:  # uvicorn-worker's, with our server class
         self.config.app = self.wsgi

@@ -103,10 +103,10 @@ def test_events_go_after_stream_retention_seconds(backend, settings):
             log.read("events/deleted-model", 1)
     else:  # the events go (swept once in SWEEP_EVERY appends); the channel's ids go on
         time.sleep(1.1)
-        log.append([("events", "learn", "{}")] * SWEEP_EVERY)
+        log.append([("events/kept", "learn", "{}")] * SWEEP_EVERY)
         with pytest.raises(EventDoesNotExist):
             log.read("events/deleted-model", 0)
-        assert [e.id for e in log.read("events", SWEEP_EVERY - 1)] == [SWEEP_EVERY]  # new events stay
+        assert [e.id for e in log.read("events/kept", SWEEP_EVERY - 1)] == [SWEEP_EVERY]  # new events stay
 
 
 def test_a_channel_s_ids_survive_a_lost_counter_on_redis(backend):

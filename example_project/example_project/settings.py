@@ -79,6 +79,7 @@ STATIC_URL = "static/"
 # Serve app static files straight from the apps (no collectstatic step for the example site).
 WHITENOISE_USE_FINDERS = True
 USE_TZ = True
+TIME_ZONE = "UTC"  # Django's default is America/Chicago (worker logs would disagree with the server's)
 
 # Authentication is on by default: every route but service info needs a credential. Get a token
 # with `python manage.py river_token <user> --create-user`. For local play, turn it off with
