@@ -25,6 +25,7 @@ import math
 import pickle
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Any
 
 import river
@@ -44,6 +45,7 @@ from django_river_ml.exceptions import (
     ModelNotFound,
     PayloadTooLarge,
     QuotaExceeded,
+    RiverMLError,
     StorageUnavailable,
 )
 from django_river_ml.flavors import get_flavor
@@ -51,7 +53,7 @@ from django_river_ml.names import generate_name, validate_name
 from django_river_ml.sandbox import get_sandbox
 from django_river_ml.settings import river_settings
 from django_river_ml.timelimit import CallLimitExceeded, ModelCrashed, run_limited
-from django_river_ml.state import ModelRegistry, Replica, get_registry, pickled
+from django_river_ml.state import ModelRegistry, Replica, batch_limit, get_registry, pickled
 from django_river_ml.storage import Access, ModelInfo, Store
 from django_river_ml.storage.base import OK, OVER_QUOTA
 from django_river_ml.validation import validate_features, validate_identifier, validate_value
@@ -66,6 +68,29 @@ def humanize_ns(nanoseconds: float) -> str:
         if nanoseconds >= size:
             return f"{nanoseconds / size:.2f} {unit}"
     return f"{nanoseconds:.0f} ns"
+
+
+#: The fields of one example in a batch.
+BATCH_FIELDS = frozenset({"features", "ground_truth", "identifier"})
+
+
+@contextmanager
+def _about_row(row: int):
+    """Errors raised inside name the example of the batch they are about."""
+    try:
+        yield
+    except RiverMLError as error:
+        raise error.at_row(row) if error.row is None else error
+
+
+def _predict_rows(flavor, model, features: list[dict]) -> list:
+    predictions = []
+    for row, x in enumerate(features):
+        try:
+            predictions.append(flavor.predict(model, dict(x)))
+        except Exception as error:
+            raise ModelFailed(f"The model raised on this input ({type(error).__name__}: {error}).").at_row(row) from None
+    return predictions
 
 
 class DjangoClient:
@@ -300,6 +325,121 @@ class DjangoClient:
             result["identifier"] = identifier
         self._finish("predict", model_name, started, {**result, "features": features})
         return result
+
+    # Batches ------------------------------------------------------------------
+
+    def learn_many(self, model_name: str, examples: list[dict]) -> dict:
+        """Learn a batch of ``{"features", "ground_truth", "identifier"?}`` examples, all or nothing.
+
+        Every example is checked before anything is written; the batch is one log entry, so
+        a model that raises on example k leaves the model as it was, on every worker, and the
+        error (a :class:`RiverMLError` with ``row`` = k) says which. An identifier scores its
+        stored prediction, as in :meth:`learn`, and is consumed only if the batch is learned.
+        """
+        started = time.perf_counter_ns()
+        checked = self._check(model_name)
+        rows = self._batch(examples)
+        for row, example in enumerate(rows):
+            with _about_row(row):
+                validate_identifier(example.get("identifier"))
+                validate_value("ground_truth", example.get("ground_truth"))
+        taken: list[tuple[str, dict]] = []
+        try:
+            entries = []
+            for row, example in enumerate(rows):
+                with _about_row(row):
+                    entry, record = self._batch_entry(model_name, example)
+                if record is not None:
+                    taken.append((example["identifier"], record))
+                entries.append(entry)
+
+            def make_entry(flavor) -> dict:
+                for row, entry in enumerate(entries):
+                    with _about_row(row):
+                        flavor.validate_target(entry["y"])
+                return {"op": "learn_many", "rows": entries}
+
+            seq, _ = self.registry.append(model_name, make_entry, incarnation=checked)
+        except Exception:
+            for identifier, record in taken:  # nothing was learned: the predictions stay pending
+                self.store.put_identifier(model_name, identifier, pickle.dumps(record),
+                                          river_settings.IDENTIFIER_TTL_SECONDS, river_settings.MAX_PENDING_IDENTIFIERS)
+            raise
+        result = {"model": model_name, "learned": len(rows), "sequence": seq}
+        self._finish("learn", model_name, started, result)
+        return result
+
+    def predict_many(self, model_name: str, examples: list[dict]) -> dict:
+        """Predictions for a batch of ``{"features", "identifier"?}`` examples, in order.
+
+        Only examples that carry an identifier are kept for a later label (a batch makes
+        none up, whatever GENERATE_IDENTIFIERS says: it would be a store write per example).
+        """
+        started = time.perf_counter_ns()
+        validate_name(model_name)
+        rows = self._batch(examples)
+        for row, example in enumerate(rows):
+            with _about_row(row):
+                validate_features(example.get("features"))
+                validate_identifier(example.get("identifier"))
+        replica = self._replica(model_name)
+        features = [example["features"] for example in rows]
+        if replica.flavor.predictions_change_state:
+            _, outcome = self.registry.append(model_name, lambda flavor: {"op": "predict_many", "xs": features},
+                                              incarnation=replica.incarnation)
+            predictions = outcome.prediction
+        else:
+            with replica.lock:
+                try:
+                    predictions = run_limited(batch_limit(len(rows)), _predict_rows, replica.flavor, replica.model,
+                                              features, memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
+                except CallLimitExceeded as error:
+                    raise ModelFailed(f"The model stopped on this batch: {error}.") from None
+        answers = []
+        for row, (example, prediction) in enumerate(zip(rows, predictions)):
+            answer = {"prediction": to_jsonable(prediction)}
+            identifier = example.get("identifier")
+            if identifier is not None:
+                with _about_row(row):
+                    if not self.store.put_identifier(model_name, identifier, self._record(example["features"], prediction),
+                                                     river_settings.IDENTIFIER_TTL_SECONDS,
+                                                     river_settings.MAX_PENDING_IDENTIFIERS):
+                        raise IdentifierConflict(f"A prediction is already pending under identifier {identifier!r} "
+                                                 f"for model {model_name!r}: label it first, or use another identifier.")
+                answer["identifier"] = identifier
+            answers.append(answer)
+        result = {"model": model_name, "predictions": answers}
+        self._finish("predict", model_name, started, {"model": model_name, "predicted": len(rows)})
+        return result
+
+    @staticmethod
+    def _batch(examples: Any) -> list[dict]:
+        if not isinstance(examples, list) or not examples:
+            raise InvalidInput("examples must be a non-empty list of examples.")
+        limit = river_settings.MAX_BATCH_ROWS
+        if len(examples) > limit:
+            raise PayloadTooLarge(f"The batch has {len(examples)} examples; MAX_BATCH_ROWS allows {limit}.")
+        for row, example in enumerate(examples):
+            if not isinstance(example, dict):
+                raise InvalidInput(f"each example must be an object, not {type(example).__name__}.").at_row(row)
+            unknown = set(example) - BATCH_FIELDS
+            if unknown:
+                raise InvalidInput(f"unknown field {sorted(unknown)[0]!r} (an example has "
+                                   f"{', '.join(sorted(BATCH_FIELDS))}).").at_row(row)
+        return examples
+
+    def _batch_entry(self, model_name: str, example: dict) -> tuple[dict, dict | None]:
+        """One learn of a batch (features, target, and the stored prediction of its identifier, taken)."""
+        features, identifier, record = example.get("features"), example.get("identifier"), None
+        if identifier is not None:
+            record = self._take_identifier(model_name, identifier, required=features is None)
+            if record is not None and features is None:
+                features = record["x"]
+        validate_features(features)
+        entry = {"x": features, "y": example.get("ground_truth")}
+        if record is not None:
+            entry["p"] = record["p"]
+        return entry, record
 
     # Reporting ----------------------------------------------------------------
 

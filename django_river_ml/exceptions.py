@@ -11,10 +11,18 @@ class RiverMLError(Exception):
     """Base class: ``message`` is safe to show to the caller."""
 
     status_code = 400
+    #: In a batch, the index of the example it is about (None otherwise).
+    row: int | None = None
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+    def at_row(self, row: int) -> RiverMLError:
+        """The same error, about example ``row`` of a batch."""
+        self.row, self.message = row, f"Example {row}: {self.message}"
+        self.args = (self.message,)
+        return self
 
 
 class InvalidInput(RiverMLError):

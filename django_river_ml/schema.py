@@ -417,7 +417,10 @@ learn = operation(
         "then the model learns. With the `identifier` of an earlier prediction, that prediction is scored "
         "and the identifier consumed (`features` may then be left out). `ground_truth` must fit the flavor: "
         "a finite number for regression, a label (string, number or boolean) for binary and multiclass; "
-        "cluster, anomaly and custom models learn from the features (and from ground_truth if they use one)."
+        "cluster, anomaly and custom models learn from the features (and from ground_truth if they use one). "
+        "A batch, `{model, examples: [{features, ground_truth, identifier?}, ...]}` or NDJSON lines "
+        "(`application/x-ndjson`, model in `?model=`), is learned all or nothing and answers "
+        "`{model, learned, sequence}`; a refused example's index is the error's `row`."
     ),
     request={"application/json": serializers.LearnSerializer},
     examples=[example("Learn", {"model": EXAMPLE_MODEL, "features": EXAMPLE_FEATURES, "ground_truth": 310000.0},
@@ -430,7 +433,9 @@ predict = operation(
         "201 with an `identifier` when one was given or generated (GENERATE_IDENTIFIERS): label the "
         "prediction later with it. 200 without one. An identifier that is already pending is a 409 (a "
         "pending prediction is never replaced); a prediction too large to keep (MAX_IDENTIFIER_BYTES) is a "
-        "413. Beyond MAX_PENDING_IDENTIFIERS for the model, the oldest pending predictions are forgotten."
+        "413. Beyond MAX_PENDING_IDENTIFIERS for the model, the oldest pending predictions are forgotten. "
+        "A batch, `{model, examples: [{features, identifier?}, ...]}` or NDJSON lines, answers 200 "
+        "`{model, predictions: [{prediction, identifier?}, ...]}` in order."
     ),
     request={"application/json": serializers.PredictSerializer},
     examples=[example("Predict", {"model": EXAMPLE_MODEL, "features": EXAMPLE_FEATURES}, request_only=True)],

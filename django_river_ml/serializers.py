@@ -54,6 +54,27 @@ class LearnSerializer(ModelNameSerializer):
         return attrs
 
 
+class ExamplesField(serializers.Field):
+    """A list of examples; each is checked by DjangoClient (a batch of 10,000 is not walked twice)."""
+
+    default_error_messages = {"not_a_list": "Must be a list of examples.", "empty": "Must have at least one example."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, list):
+            self.fail("not_a_list")
+        if not data:
+            self.fail("empty")
+        return data
+
+    def to_representation(self, value):  # pragma: no cover - request only
+        return value
+
+
+class BatchSerializer(ModelNameSerializer):
+    examples = ExamplesField(help_text="The examples, each {features, ground_truth?, identifier?}; at most "
+                                       "MAX_BATCH_ROWS.")
+
+
 class LabelSerializer(ModelNameSerializer):
     identifier = serializers.CharField(trim_whitespace=False)
     label = JSONValueField(help_text="The true label of the prediction with that identifier.")

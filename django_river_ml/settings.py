@@ -117,6 +117,9 @@ DEFAULTS: dict[str, Any] = {
     "DOCUMENTATION_URL": None,
     # Live streams (/stream/events/, /stream/metrics/): events kept per channel for Last-Event-ID
     # resumes, and the shortest time between two metrics events of one model (across all workers).
+    # Most examples one batch learn or predict may carry (over it: 413), and most bytes its body may have.
+    "MAX_BATCH_ROWS": 10_000,
+    "MAX_BATCH_BYTES": 32 * 1024 * 1024,
     "STREAM_RETENTION": 1000,
     "STREAM_RETENTION_SECONDS": 7 * 24 * 3600,
     "STREAM_METRICS_INTERVAL_SECONDS": 0.5,
@@ -132,7 +135,7 @@ DEFAULTS: dict[str, Any] = {
 COUNT_SETTINGS = ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", "MAX_UPLOAD_SIZE", "MAX_FEATURES",
                   "TOKEN_EXPIRES_SECONDS", "MAX_MODELS_PER_USER", "MAX_PENDING_IDENTIFIERS", "MAX_IDENTIFIER_BYTES",
                   "SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES",
-                  "CALL_MEMORY_LIMIT_BYTES", "STREAM_RETENTION", "STREAM_RETENTION_SECONDS", "STREAM_MAX_MODELS",
+                  "CALL_MEMORY_LIMIT_BYTES", "STREAM_RETENTION", "STREAM_RETENTION_SECONDS", "MAX_BATCH_ROWS", "MAX_BATCH_BYTES", "STREAM_MAX_MODELS",
                   "STREAM_QUEUE_SIZE")
 # Seconds, above 0 (or at least 0 where 0 turns the limit off).
 SECONDS_SETTINGS = {"REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",

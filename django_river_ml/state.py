@@ -181,15 +181,18 @@ class ModelRegistry:
                 if outcome.error is None and seq % river_settings.SNAPSHOT_EVERY == 0:
                     self._snapshot(replica)
             if outcome.error is not None:
-                error = outcome.error
+                error, row = outcome.error, None
+                if isinstance(error, RowFailed):
+                    error, row = error.error, error.row
                 if isinstance(error, ModelFull):
                     raise error
                 if isinstance(error, CallLimitExceeded):
                     self._retract(name, replica, seq)
-                    raise ModelFailed(f"The model stopped on this input: {error}; it was left unchanged.")
-                raise ModelFailed(
-                    f"The model raised on this input ({type(error).__name__}: {error}); it was left unchanged."
-                )
+                    failed = ModelFailed(f"The model stopped on this input: {error}; it was left unchanged.")
+                else:
+                    failed = ModelFailed(f"The model raised on this input ({type(error).__name__}: {error}); "
+                                         "it was left unchanged.")
+                raise failed if row is None else failed.at_row(row)
             return seq, outcome
         raise ModelNotFound(f"No model named {name!r}.")
 
@@ -257,7 +260,7 @@ class ModelRegistry:
                         break  # rebuilt from a snapshot without the retracted entry: read on from there
                     replica.seq = entry.seq
                     continue
-                if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") != "predict":
+                if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") not in PREDICTIONS:
                     # A learn after the one that filled the model: every replica rejects it alike.
                     self.store.reject(replica.incarnation, entry.seq, FULL)
                     replica.seq = entry.seq
@@ -265,12 +268,12 @@ class ModelRegistry:
                     if entry.seq == watch:
                         outcome.error = model_full(replica)
                     continue
-                limit = river_settings.CALL_TIME_LIMIT_SECONDS
                 try:
                     # Only the worker that appended an entry may reject it for running long (see
                     # _retract); catching up on others' entries gets more time, and never rejects.
                     factor = 1 if entry.seq == watch else CATCH_UP_FACTOR
-                    prediction = run_limited(limit * factor, self._apply, replica, data,
+                    seconds = batch_limit(len(data.get("rows") or data.get("xs") or ()))
+                    prediction = run_limited(seconds * factor, self._apply, replica, data,
                                              memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES * factor)
                 except Exception as error:  # the model raised or ran over a limit: reject, rebuild here
                     # Half-applied until rebuilt: if the store fails before that, the next advance
@@ -293,7 +296,7 @@ class ModelRegistry:
                 replica.seq = entry.seq
                 if entry.seq == watch:
                     outcome.prediction = prediction
-                if data.get("op") != "predict" and replica.growth.due(entry.seq) and self._measure(replica):
+                if data.get("op") not in PREDICTIONS and replica.growth.due(entry.seq) and self._measure(replica):
                     # Every replica measures here and finds the same size: all reject this learn.
                     if entry.seq == watch:
                         outcome.error, outcome.prediction = model_full(replica), None
@@ -333,15 +336,22 @@ class ModelRegistry:
                                                  river_settings.SNAPSHOT_EVERY)
         return replica.growth.full
 
-    @staticmethod
-    def _apply(replica: Replica, entry: dict) -> Any:
+    @classmethod
+    def _apply(cls, replica: Replica, entry: dict) -> Any:
         """Score the model's prediction (made now unless the entry carries one), then learn.
 
         A ``predict`` entry only predicts: it is logged for flavors whose models
-        change when they predict, so every replica changes alike.
+        change when they predict, so every replica changes alike. A batch (``learn_many``,
+        ``predict_many``) does the same for each of its examples; one that raises is a
+        :class:`RowFailed` (the whole entry is rejected).
         """
+        op = entry.get("op")
+        if op == "learn_many":
+            return [cls._each(row, cls._apply, replica, example) for row, example in enumerate(entry["rows"])]
+        if op == "predict_many":
+            return [cls._each(row, replica.flavor.predict, replica.model, dict(x)) for row, x in enumerate(entry["xs"])]
         flavor, features, target = replica.flavor, entry["x"], entry.get("y")
-        if entry.get("op") == "predict":
+        if op == "predict":
             return flavor.predict(replica.model, dict(features))
         prediction = None
         if "p" in entry:
@@ -351,6 +361,15 @@ class ModelRegistry:
         flavor.update_metrics(replica.metrics, target, prediction)
         flavor.learn(replica.model, dict(features), target)
         return prediction
+
+    @staticmethod
+    def _each(row: int, function: Callable, *args: Any) -> Any:
+        try:
+            return function(*args)
+        except CallLimitExceeded:  # the whole entry's limit: not this example's doing
+            raise
+        except Exception as error:
+            raise RowFailed(row, error) from error
 
     @staticmethod
     def _skipped_record(replica: Replica) -> dict:
@@ -368,6 +387,27 @@ class ModelRegistry:
             )
         except Exception:  # a missed snapshot only lengthens the next replay
             logger.exception("Could not snapshot model %s at %s", replica.name, replica.seq)
+
+
+#: Entries that only predict (logged for flavors whose models change when they predict).
+PREDICTIONS = frozenset({"predict", "predict_many"})
+
+
+class RowFailed(Exception):
+    """Example ``row`` of a batch entry raised ``error``: the whole entry is rejected."""
+
+    def __init__(self, row: int, error: Exception):
+        super().__init__(f"example {row}: {error!r}")
+        self.row, self.error = row, error
+
+
+#: A batch gets CALL_TIME_LIMIT_SECONDS (and each worker's catching-up margin) per this many examples.
+EXAMPLES_PER_TIME_LIMIT = 1000
+
+
+def batch_limit(examples: int) -> float:
+    """Seconds an entry of ``examples`` examples (0 or 1 for a single call) may run: 0 for no limit."""
+    return river_settings.CALL_TIME_LIMIT_SECONDS * (1 + max(examples - 1, 0) // EXAMPLES_PER_TIME_LIMIT)
 
 
 def model_full(replica: Replica) -> ModelFull:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from functools import cached_property
 
 from django.conf import settings as django_settings
@@ -36,14 +37,22 @@ JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a
                    bool: "a boolean", type(None): "null"}
 
 
+def body_limit(parser_context) -> tuple[int | None, str]:
+    """The most bytes a body may have, and the setting that says so (the routes that take batches have their own)."""
+    view = (parser_context or {}).get("view")
+    if getattr(view, "takes_batches", False):
+        return river_settings.MAX_BATCH_BYTES, "MAX_BATCH_BYTES"
+    return django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE, "DATA_UPLOAD_MAX_MEMORY_SIZE"
+
+
 class LimitedBodyMixin:
-    """Refuse bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (DRF's parsers read the stream past Django's check)."""
+    """Refuse bodies over the limit (DRF's parsers read the stream past Django's own check)."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        limit = django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        limit, setting = body_limit(parser_context)
         data = stream.read() if limit is None else stream.read(limit + 1)
         if limit is not None and len(data) > limit:
-            raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).")
+            raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes ({setting}).")
         return super().parse(io.BytesIO(data), media_type, parser_context)
 
 
@@ -60,6 +69,37 @@ class JSONParser(LimitedBodyMixin, parsers.JSONParser):
 class FormParser(LimitedBodyMixin, parsers.FormParser):
     pass
 
+
+class NDJSONParser(parsers.BaseParser):
+    """``application/x-ndjson``: one example per line, read line by line, ``{"examples": [...]}``.
+
+    Reading stops at the first line past MAX_BATCH_ROWS or MAX_BATCH_BYTES, so a long upload
+    costs at most one batch of memory. Blank lines are skipped; NaN and Infinity are refused.
+    """
+
+    media_type = "application/x-ndjson"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        byte_limit, setting = body_limit(parser_context)
+        row_limit = river_settings.MAX_BATCH_ROWS
+        examples, read = [], 0
+        for number, line in enumerate(stream or (), start=1):
+            read += len(line)
+            if byte_limit is not None and read > byte_limit:
+                raise PayloadTooLarge(f"The body is larger than the limit of {byte_limit} bytes ({setting}).")
+            if not line.strip():
+                continue
+            if len(examples) == row_limit:
+                raise PayloadTooLarge(f"The body has more than {row_limit} examples (MAX_BATCH_ROWS).")
+            try:
+                examples.append(json.loads(line, parse_constant=_refuse_constant))
+            except (ValueError, RecursionError) as error:
+                raise ParseError(f"Line {number} is not JSON: {error}") from None
+        return {"examples": examples}
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 class RiverAPIView(APIView):
     """Base view: JSON in and out, our error format, independent of the site's DRF defaults."""
@@ -127,9 +167,30 @@ class AuthTokenView(RiverAPIView):
         return Response(issue_jwt(request.user))
 
 
-class LearnView(RiverAPIView):
+class BatchMixin:
+    """Routes that take one example, or a batch: ``{"model", "examples": [...]}``, or NDJSON lines with ``?model=``."""
+
+    takes_batches = True
+    parser_classes = [JSONParser, FormParser, NDJSONParser]
+
+    def batch(self) -> dict | None:
+        """The validated batch, if the request is one."""
+        data = self.request.data
+        if not (hasattr(data, "get") and "examples" in data):
+            return None
+        body = {"model": self.request.query_params.get("model", data.get("model")), "examples": data["examples"]}
+        extra = set(data) - {"model", "examples"}
+        if extra:
+            raise InvalidInput(f"A batch has only model and examples; {sorted(extra)[0]!r} belongs in each example.")
+        return self.validated(serializers.BatchSerializer, body)
+
+
+class LearnView(BatchMixin, RiverAPIView):
     @openapi.learn
     def post(self, request):
+        batch = self.batch()
+        if batch is not None:
+            return Response(self.client.learn_many(batch["model"], batch["examples"]), status=201)
         data = self.validated(serializers.LearnSerializer)
         result = self.client.learn(
             data["model"], data.get("features"), ground_truth=data.get("ground_truth"),
@@ -138,9 +199,12 @@ class LearnView(RiverAPIView):
         return Response(result, status=201)
 
 
-class PredictView(RiverAPIView):
+class PredictView(BatchMixin, RiverAPIView):
     @openapi.predict
     def post(self, request):
+        batch = self.batch()
+        if batch is not None:
+            return Response(self.client.predict_many(batch["model"], batch["examples"]))
         data = self.validated(serializers.PredictSerializer)
         result = self.client.predict(data["model"], data["features"], identifier=data.get("identifier"))
         return Response(result, status=201 if "identifier" in result else 200)

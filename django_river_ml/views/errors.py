@@ -36,7 +36,8 @@ def exception_handler(exc, context):
     if isinstance(exc, RiverMLError):
         retry_after = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(retry_after)} if retry_after else None
-        return Response({"message": exc.message}, status=exc.status_code, headers=headers)
+        body = {"message": exc.message} if exc.row is None else {"message": exc.message, "row": exc.row}
+        return Response(body, status=exc.status_code, headers=headers)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound(str(exc) or None)
     elif isinstance(exc, PermissionDenied):
