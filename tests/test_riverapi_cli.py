@@ -93,11 +93,12 @@ def drive_cli(url: str, work: Path) -> None:
     rows = [{**x, "approval": y} for x, y in learn_rows]
     rows.insert(5, {**learn_rows[0][0], "approval": ""})
     write_csv(work / "train.csv", rows, columns)
-    summary = cli("learn", "cli-prices", "train.csv", "--target", "approval").stdout
+    summary = cli("learn", "cli-prices", "train.csv", "--target", "approval", "--batch-size", "8").stdout
     assert "model: cli-prices\nlearned: 20\nskipped: 1 (no approval)\nfailed: 0\n" in summary, summary
     metrics = json.loads(re.search(r"^metrics: (.*)$", summary, re.M).group(1))
     assert set(metrics) == {"MAE", "RMSE", "SMAPE"} and metrics["MAE"] > 0
-    assert json.loads(cli("stats", "cli-prices").stdout)["learn"]["n_calls"] == 20
+    # Batches of 8 rows to learn (the skipped row left out): 8 + 8 + 4, and a batch is one call.
+    assert json.loads(cli("stats", "cli-prices").stdout)["learn"]["n_calls"] == 3
 
     # The server's model learned exactly what a local copy learns from the same floats.
     for x, y in learn_rows:
@@ -145,7 +146,7 @@ def drive_cli(url: str, work: Path) -> None:
     write_csv(work / "points.csv", [x for x, _ in examples("cluster", 12)], sorted(examples("cluster", 1)[0][0]))
     summary = cli("learn", "cli-clusters", "points.csv").stdout
     assert "learned: 12\n" in summary and "skipped" not in summary
-    assert json.loads(cli("stats", "cli-clusters").stdout)["learn"]["n_calls"] == 12
+    assert json.loads(cli("stats", "cli-clusters").stdout)["learn"]["n_calls"] == 1  # one batch
     # ... and a supervised model told no target gets the server's reason, with the line.
     assert_clean_failure(run_cli("--url", url, "learn", "cli-prices", "predict.csv", cwd=work), 1,
                          "predict.csv, line 2", "ground_truth", "none was given")
@@ -159,12 +160,13 @@ def drive_cli(url: str, work: Path) -> None:
     write_csv(work / "bad.csv", bad_rows, columns)
     line = assert_clean_failure(run_cli("--url", url, "learn", "cli-prices", "bad.csv", "--target", "approval",
                                         cwd=work), 1, "bad.csv, line 3", "must be a finite number, not 'abc'")
-    assert "1 examples learned before it" in line
+    assert "1 examples learned before it, none after it" in line
     skipped = run_cli("--url", url, "learn", "cli-prices", "bad.csv", "--target", "approval", "--skip-errors",
                       cwd=work)
     assert skipped.returncode == 0 and "learned: 1\n" in skipped.stdout and "failed: 1\n" in skipped.stdout
     assert "line 3" in skipped.stderr and "Traceback" not in skipped.stderr
-    assert json.loads(cli("stats", "cli-prices").stdout)["learn"]["n_calls"] == 20 + 1 + 1
+    # Each time the batch was refused whole and its first row sent again, as a batch of one.
+    assert json.loads(cli("stats", "cli-prices").stdout)["learn"]["n_calls"] == 3 + 1 + 1
 
     # delete
     assert json.loads(cli("delete", generated).stdout)["model"] == generated

@@ -242,6 +242,50 @@ def test_every_error_is_typed_and_carries_the_server_message(live_server_factory
     assert client.predict("plain-pickle", {})["prediction"] == 2.0
 
 
+def linear_rows(n: int):
+    """``n`` regression examples, a generator (as a long input would be)."""
+    for i in range(n):
+        a, b = float(i % 17), float(i * 7 % 13)
+        yield {"a": a, "b": b}, 3.0 * a - 2.0 * b + 1.0
+
+
+@pytest.mark.live
+def test_learn_many_and_predict_many_against_a_live_server(live_server_factory):
+    """The batch routes: 2,500 rows in batches of 1,000; predictions in order, as single predicts
+    give them; a refused batch names the row of the whole input (the tests against a fake server,
+    a server without batch routes among them, are in tests/test_riverapi_batches.py)."""
+    server = live_server_factory("shelve", workers=2)
+    client = Client(server.url, quiet=True)
+    name = client.upload_model(make_model("regression"), "regression", model_name="batched")
+    summary = client.learn_many(name, linear_rows(2500), batch_size=1000)
+    assert summary["model"] == name and summary["learned"] == 2500, summary
+    assert client.stats(name)["learn"]["n_calls"] == 3  # a batch is one call
+    assert client.unbatched_routes == set()  # no fallback to one request per row
+
+    # The server learned what a local copy learns from the same rows, in the same order.
+    local = make_model("regression")
+    for x, y in linear_rows(2500):
+        local.learn_one(x, y)
+    held = [{"a": float(i), "b": float(i % 5)} for i in range(25)]
+    predictions = client.predict_many(name, iter(held), batch_size=10)
+    assert predictions == pytest.approx([client.predict(name, x)["prediction"] for x in held], rel=1e-12)
+    assert predictions == pytest.approx([local.predict_one(x) for x in held], rel=1e-9)
+
+    # A refused batch: all or nothing, the row counted from the start of the input.
+    rows = list(linear_rows(30))
+    rows[25] = (rows[25][0], "abc")
+    with pytest.raises(BadRequest) as caught:
+        client.learn_many(name, rows, batch_size=10)
+    assert (caught.value.status_code, caught.value.row, caught.value.learned) == (400, 25, 20)
+    assert caught.value.message.startswith("Row 25: ") and "not 'abc'" in caught.value.message
+    assert "(20 rows learned before it)" in caught.value.message
+    assert client.stats(name)["learn"]["n_calls"] == 3 + 2
+
+    # Identifiers: stored for the rows that give one, for a later label.
+    assert len(client.predict_many(name, held[:2], identifiers=["batch-0", None])) == 2
+    assert client.label(1.0, "batch-0", name)["identifier"] == "batch-0"
+
+
 def test_a_closed_port_is_server_unavailable_fast():
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     client = Client(url, quiet=True, timeout=1, retries=2, backoff_factor=0.01)

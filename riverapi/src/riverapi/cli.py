@@ -2,7 +2,7 @@
 
     riverapi info
     riverapi upload model.pkl --flavor regression --name prices
-    riverapi learn prices data.csv --target price
+    riverapi learn prices data.csv --target price          # 1000 rows per request (--batch-size)
     riverapi predict prices --features '{"rooms": 3, "area": 70}'
     riverapi metrics prices
 
@@ -18,12 +18,13 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from riverapi import defaults
-from riverapi.client import Client
+from riverapi.client import BATCH_SIZE, Client
 from riverapi.exceptions import BadRequest, RiverAPIError
-from riverapi.records import FORMATS, TARGET_TYPES, InputError, detect_format, read_records
+from riverapi.records import FORMATS, TARGET_TYPES, InputError, Record, detect_format, read_records
 from riverapi.version import __version__
 
 __all__ = ["main", "build_parser"]
@@ -130,7 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_file_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, help="the file's format (default: from its extension)")
+    parser.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, metavar="N",
+                        help=f"rows sent per request (default: {BATCH_SIZE}); a server without batch routes "
+                             "gets one request per row")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _print_json(value: Any) -> None:
@@ -161,39 +175,94 @@ def _check_file(path: str, fmt: str, target: str | None = None, target_type: str
     return sum(1 for _ in read_records(path, fmt, target=target, target_type=target_type))
 
 
+def _batches(records: Iterator[Record], size: int, keep=lambda record: True
+             ) -> Iterator[tuple[list[Record], int]]:
+    """The records to send, ``size`` at a time, each list with the number of records read for it
+    (those ``keep`` left out too)."""
+    batch: list[Record] = []
+    read = 0
+    for record in records:
+        read += 1
+        if keep(record):
+            batch.append(record)
+            if len(batch) == size:
+                yield batch, read
+                batch, read = [], 0
+    if batch or read:
+        yield batch, read
+
+
+def _reason(error: RiverAPIError) -> str:
+    """The server's reason for refusing a batch (without the row the command names as a line)."""
+    reason = getattr(error, "reason", error.message)
+    return reason + (" (try a lower --batch-size)" if error.status_code == 413 else "")
+
+
+def _lines(records: list[Record]) -> str:
+    first, last = records[0].line, records[-1].line
+    return f"line {first}" if first == last else f"lines {first} to {last}"
+
+
+class _LearnRun:
+    """``riverapi learn``: the file's rows sent in batches, the counts for the summary."""
+
+    def __init__(self, client: Client, args: argparse.Namespace, bar: Any):
+        self.client, self.args, self.bar = client, args, bar
+        self.learned = self.failed = 0
+
+    def send(self, records: list[Record]) -> None:
+        """Learn ``records`` (one batch). A refused row: the rows before it are learned, then it
+        stops with the row's line, or (``--skip-errors``) counts it and goes on after it."""
+        while records:
+            try:
+                self.client.learn_many(self.args.model, [(r.features, r.target) for r in records],
+                                       batch_size=len(records))
+            except BadRequest as error:
+                done = getattr(error, "learned", 0)  # rows of this batch learned one by one
+                self.learned += done
+                row = getattr(error, "row", None)
+                if row is None:
+                    raise type(error)(f"{self.args.file}, {_lines(records[done:])}: {_reason(error)} "
+                                      f"({self.learned} examples learned before them)",
+                                      status_code=error.status_code, response=error.response) from error
+                self.send(records[done:row])  # refused with the chunk, though the server took them
+                record = records[row]
+                where = f"{self.args.file}, line {record.line}"
+                message = _reason(error) + _target_hint(self.args, record.target)
+                if not self.args.skip_errors:
+                    raise type(error)(f"{where}: {message} ({self.learned} examples learned before it, none after it)",
+                                      status_code=error.status_code, response=error.response) from error
+                self.failed += 1
+                self.bar.write(f"{PROG}: {where}: {_one_line(message)}", file=sys.stderr)
+                records = records[row + 1:]
+            else:
+                self.learned += len(records)
+                return
+
+
 def _learn(client: Client, args: argparse.Namespace) -> int:
     fmt = detect_format(args.file, args.format)
     total = _check_file(args.file, fmt, args.target, args.target_type)
-    learned = skipped = failed = 0
+    skipped = 0
     started = time.monotonic()
     with _progress(args, total, f"learn {args.model}") as bar:
-        for record in read_records(args.file, fmt, target=args.target, target_type=args.target_type):
-            bar.update(1)
-            if record.target is None and args.target is not None:
-                skipped += 1
-                continue
-            try:
-                client.learn(args.model, record.features, record.target)
-            except BadRequest as error:
-                where = f"{args.file}, line {record.line}"
-                message = error.message + _target_hint(args, record.target)
-                if not args.skip_errors:
-                    raise type(error)(f"{where}: {message} ({learned} examples learned before it)",
-                                      status_code=error.status_code, response=error.response) from error
-                failed += 1
-                bar.write(f"{PROG}: {where}: {_one_line(message)}", file=sys.stderr)
-                continue
-            learned += 1
+        run = _LearnRun(client, args, bar)
+        records = read_records(args.file, fmt, target=args.target, target_type=args.target_type)
+        has_target = (lambda record: record.target is not None) if args.target is not None else (lambda record: True)
+        for batch, read in _batches(records, args.batch_size, has_target):
+            skipped += read - len(batch)
+            run.send(batch)
+            bar.update(read)
     seconds = time.monotonic() - started
     print(f"model: {args.model}")
-    print(f"learned: {learned}")
+    print(f"learned: {run.learned}")
     if args.target is not None:
         print(f"skipped: {skipped} (no {args.target})")
-    print(f"failed: {failed}")
+    print(f"failed: {run.failed}")
     print(f"seconds: {seconds:.2f}")
-    if learned:
+    if run.learned:
         print(f"metrics: {json.dumps(client.metrics(args.model))}", flush=True)
-    return 1 if failed and not learned else 0
+    return 1 if run.failed and not run.learned else 0
 
 
 def _target_hint(args: argparse.Namespace, target: Any) -> str:
@@ -216,15 +285,28 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
     fmt = detect_format(args.file, args.format)
     total = _check_file(args.file, fmt)
     with _progress(args, total, f"predict {args.model}") as bar:
-        for record in read_records(args.file, fmt):
-            try:
-                answer = client.predict(args.model, record.features)
-            except BadRequest as error:
-                raise type(error)(f"{args.file}, line {record.line}: {error.message}", status_code=error.status_code,
-                                  response=error.response) from error
-            bar.update(1)
-            print(json.dumps(answer, ensure_ascii=False), flush=True)
+        for batch, _ in _batches(read_records(args.file, fmt), args.batch_size):
+            _predict_batch(client, args, batch, bar)
     return 0
+
+
+def _predict_batch(client: Client, args: argparse.Namespace, records: list[Record], bar: Any) -> None:
+    """Print one answer per record, in order; a refused row: the rows before it are printed first."""
+    try:
+        predictions = client.predict_many(args.model, [r.features for r in records], batch_size=len(records))
+    except BadRequest as error:
+        row = getattr(error, "row", None)
+        if row is None:
+            where = _lines(records)
+        else:
+            _predict_batch(client, args, records[:row], bar)
+            where = f"line {records[row].line}"
+        raise type(error)(f"{args.file}, {where}: {_reason(error)}",
+                          status_code=error.status_code, response=error.response) from error
+    for prediction in predictions:
+        print(json.dumps({"model": args.model, "prediction": prediction}, ensure_ascii=False, default=str))
+    sys.stdout.flush()
+    bar.update(len(records))
 
 
 def _upload(client: Client, args: argparse.Namespace) -> int:

@@ -13,13 +13,15 @@ Every call goes through :meth:`Client._request`, so a new server route is a few 
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
 import pickle
 import re
 import tempfile
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -50,6 +52,9 @@ RETRY_STATUSES = (502, 503, 504)
 _NO_JSON = object()
 #: django-eventstream's own events, which carry nothing of the models.
 HOUSEKEEPING_EVENTS = ("stream-open", "keep-alive")
+#: Rows per request of :meth:`Client.learn_many` and :meth:`Client.predict_many` (servers refuse
+#: batches over their ``MAX_BATCH_ROWS``, 10,000 by default, with a 413).
+BATCH_SIZE = 1000
 
 
 def pickle_model(model: Any) -> bytes:
@@ -67,6 +72,21 @@ def _segment(value: str, what: str) -> str:
     if not isinstance(value, str) or not value or "/" in value:
         raise ValueError(f"{what} must be a non-empty string without '/', not {value!r}.")
     return quote(value, safe="")
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _reason(error: BaseException) -> str:
@@ -114,6 +134,9 @@ class Client:
         self.session = session if session is not None else self.make_session(retries, backoff_factor)
         self.user: str | None = None
         self.token: str | None = None
+        #: The batch routes ("learn", "predict") the server turned out not to have: rows are sent
+        #: one request each.
+        self.unbatched_routes: set[str] = set()
         self.getenv()
         if user is not None:
             self.user = user
@@ -333,6 +356,109 @@ class Client:
             body["identifier"] = identifier
         return self._json("POST", "/predict/", json=body)
 
+    def learn_many(self, model_name: str, examples: Iterable[dict | tuple], *, batch_size: int = BATCH_SIZE,
+                   progress: bool = False) -> dict:
+        """Learn from many examples, ``batch_size`` rows per request (``POST /learn/`` with
+        ``{"model", "examples": [...]}``); returns ``{"model", "learned", "sequence"}`` (the rows
+        learned, the last learn's sequence number).
+
+        ``examples`` is any iterable, read a chunk at a time (a generator is never read whole), of
+        ``{"features": {...}, "ground_truth": ..., "identifier": ...}`` dicts (``identifier``
+        optional) or ``(features, ground_truth)`` pairs. ``progress=True`` shows a progress bar on
+        stderr (tqdm).
+
+        The server learns a chunk whole or not at all, in order. A refused chunk raises the error
+        of its kind (:class:`BadRequest` for a bad row) with ``row``, the index of the refused row
+        in ``examples`` (``None`` when the server named none), and ``learned``, how many rows were
+        learned before it: the earlier chunks. Learns are never retried once sent (see
+        :class:`Client`). A server without batch routes gets one request per row instead (logged
+        once, at WARNING); then ``learned`` counts every row before the refused one.
+        """
+        _check_batch_size(batch_size)
+        learned, sequence, offset = 0, None, 0
+        with self._progress(progress, examples, f"learn {model_name}") as bar:
+            for chunk in _chunks(examples, batch_size):
+                rows = [_learn_row(example, offset + i) for i, example in enumerate(chunk)]
+                answers = self._batch("learn", {"model": model_name}, rows, offset, learned, self._learn_each)
+                last = answers if isinstance(answers, dict) else answers[-1]  # the batch's answer, or the last row's
+                learned += len(rows)
+                if isinstance(last, dict) and last.get("sequence") is not None:
+                    sequence = last["sequence"]
+                offset += len(rows)
+                bar.update(len(rows))
+        return {"model": model_name, "learned": learned, "sequence": sequence}
+
+    def predict_many(self, model_name: str, features_iterable: Iterable[dict], *, batch_size: int = BATCH_SIZE,
+                     identifiers: Iterable[str | None] | None = None) -> list:
+        """Predict for many feature dicts, ``batch_size`` rows per request (``POST /predict/`` with
+        ``{"model", "examples": [...]}``); returns the list of predictions (the values, as
+        ``predict(...)["prediction"]``), in the order of ``features_iterable``.
+
+        ``features_iterable`` is read a chunk at a time. ``identifiers``, when given, goes with
+        it row by row (the same length; ``None`` for a row gives it none): the server stores
+        those predictions under them for a later :meth:`label`. A refused chunk raises the error
+        of its kind with ``row`` (the index of the refused row, or ``None``). Like :meth:`predict`,
+        it is retried only when no connection could be made. A server without batch routes gets
+        one request per row instead (logged once, at WARNING).
+        """
+        _check_batch_size(batch_size)
+        predictions: list = []
+        for chunk in _chunks(_with_identifiers(features_iterable, identifiers), batch_size):
+            body = [{"features": x} if identifier is None else {"features": x, "identifier": identifier}
+                    for x, identifier in chunk]
+            answers = self._batch("predict", {"model": model_name}, body, len(predictions), 0, self._predict_each)
+            if isinstance(answers, dict):  # one batch: {"model", "predictions": [{"prediction", "identifier"?}]}
+                answers = answers.get("predictions")
+                if not isinstance(answers, list) or len(answers) != len(body):
+                    count = len(answers) if isinstance(answers, list) else "no"
+                    raise RiverAPIError(f"The server answered {count} predictions for {len(body)} rows.")
+            predictions.extend(answer.get("prediction") if isinstance(answer, dict) else None for answer in answers)
+        return predictions
+
+    def _batch(self, route: str, body: dict, rows: list[dict], offset: int, done: int,
+               each: Callable[[dict, list[dict], int, int], list]) -> dict | list:
+        """Send one chunk to ``/<route>/`` as a batch, or row by row (``each``) to a server
+        without batch routes. Returns the batch's answer (a dict) or the answers row by row."""
+        if route not in self.unbatched_routes:
+            try:
+                return self._json("POST", f"/{route}/", json={**body, "examples": rows})
+            except RiverAPIError as error:
+                if offset or not _lacks_batches(error):
+                    unsendable = _unsendable_row(rows) if error.status_code is None else None
+                    raise _batch_error(error, offset, len(rows), done, route, unsendable) from error
+                self.unbatched_routes.add(route)
+                logger.warning("%s answered %s to a batch (%s): it has no batch %s route, sending one request "
+                               "per row.", self.apiroot, error.status_code, _one_line(error.message), route)
+        return each(body, rows, offset, done)
+
+    def _learn_each(self, body: dict, rows: list[dict], offset: int, done: int) -> list:
+        answers = []
+        for index, row in enumerate(rows):
+            try:
+                answers.append(self.learn(body["model"], row.get("features"), row.get("ground_truth"),
+                                          row.get("identifier")))
+            except RiverAPIError as error:
+                raise _batch_error(error, offset + index, 1, done + index, "learn") from error
+        return answers
+
+    def _predict_each(self, body: dict, rows: list[dict], offset: int, done: int) -> list:
+        answers = []
+        for index, row in enumerate(rows):
+            try:
+                answers.append(self.predict(body["model"], row["features"], row.get("identifier")))
+            except RiverAPIError as error:
+                raise _batch_error(error, offset + index, 1, 0, "predict") from error
+        return answers
+
+    @staticmethod
+    def _progress(show: bool, rows: Any, description: str) -> Any:
+        if not show:
+            return _NoProgress()
+        from tqdm import tqdm
+
+        total = len(rows) if hasattr(rows, "__len__") else None
+        return tqdm(total=total, desc=description, unit="row", dynamic_ncols=True)
+
     def label(self, label: Any, identifier: str, model_name: str) -> dict:
         """Give the true label of the prediction ``identifier`` named; the model learns from it."""
         return self._json("POST", "/label/", json={"model": model_name, "identifier": identifier, "label": label})
@@ -408,6 +534,113 @@ class Client:
     def stream_metrics(self, model: str | list[str] | None = None, **options: Any) -> EventStream:
         """``metrics`` events (``{model, flavor, sequence, time, metrics, stats}``) after a model changes."""
         return self.stream(_stream_url("/stream/metrics/", model), skip=HOUSEKEEPING_EVENTS, **options)
+
+
+def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``rows`` in lists of ``size``, read as they are needed (a generator is never read whole)."""
+    iterator = iter(rows)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _with_identifiers(features: Iterable[dict], identifiers: Iterable[str | None] | None
+                      ) -> Iterator[tuple[dict, str | None]]:
+    """``(features, identifier)`` pairs; the two iterables must be as long as each other."""
+    if identifiers is None:
+        yield from ((x, None) for x in features)
+        return
+    missing = object()
+    for x, identifier in itertools.zip_longest(features, identifiers, fillvalue=missing):
+        if x is missing or identifier is missing:
+            raise ValueError("identifiers must have one entry (or None) for each row of features_iterable.")
+        yield x, identifier
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, not {batch_size!r}.")
+
+
+def _learn_row(example: Any, index: int) -> dict[str, Any]:
+    """One row of a learn batch: a ``{"features", "ground_truth", "identifier"?}`` dict or a
+    ``(features, ground_truth)`` pair."""
+    if isinstance(example, dict):
+        unknown = set(example) - {"features", "ground_truth", "identifier"}
+        if unknown:
+            raise ValueError(f"Example {index} has unknown keys {sorted(unknown)}: give features, ground_truth "
+                             "and identifier.")
+        return {key: value for key, value in example.items() if key != "identifier" or value is not None}
+    if isinstance(example, (tuple, list)) and len(example) == 2:
+        return {"features": example[0], "ground_truth": example[1]}
+    raise ValueError(f"Example {index} is neither a dict of features, ground_truth (and identifier) nor a "
+                     f"(features, ground_truth) pair: {example!r:.100}.")
+
+
+def _body_of(error: RiverAPIError) -> dict:
+    """The JSON object an error answer carried, else ``{}``."""
+    try:
+        body = error.response.json() if error.response is not None else None
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _lacks_batches(error: RiverAPIError) -> bool:
+    """Whether the refusal of a batch says the server has no batch route (a server older than
+    them): 404/405 for the route (not for the model), or a 400 asking for ``features`` for the
+    ``examples`` sent, naming no row."""
+    if "row" in _body_of(error):
+        return False
+    if error.status_code in (404, 405):
+        return not re.match(r"no model\b", error.message, re.IGNORECASE)
+    return error.status_code == 400 and re.search(r"\bfeatures\b", error.message) is not None
+
+
+def _unsendable_row(rows: list[dict]) -> int | None:
+    """The first row that cannot be JSON (NaN, infinity, objects), if any."""
+    for index, row in enumerate(rows):
+        try:
+            json.dumps(row, allow_nan=False)
+        except (TypeError, ValueError):
+            return index
+    return None
+
+
+def _batch_error(error: RiverAPIError, offset: int, size: int, done: int, what: str,
+                 row: int | None = None) -> RiverAPIError:
+    """The error of a refused chunk (rows ``offset`` to ``offset + size - 1`` of the input), telling
+    which row of the whole input it was and how much was ``done`` (learned) before it.
+
+    It is of the same type, and has ``row`` (the index in the input, ``None`` when the server named
+    none), ``learned`` (rows learned by the call before it) and ``reason`` (the server's message).
+    """
+    if row is None:
+        row = _body_of(error).get("row")
+    if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < size:
+        row = 0 if size == 1 and isinstance(error, BadRequest) else None
+    reason = error.message
+    refused = isinstance(error, BadRequest) and size > 1
+    if row is not None:
+        reason = re.sub(rf"^(Row|Example) {row}: ", "", reason, flags=re.IGNORECASE)
+        message = f"Row {offset + row}: {reason}"
+    elif refused:
+        message = f"Rows {offset} to {offset + size - 1}: {reason}"
+    else:  # about the call, not the rows (an unknown model, credentials, the server)
+        message = reason
+    if error.status_code == 413:
+        message += " (send fewer rows at once: a lower batch_size)"
+    if what == "learn":
+        if isinstance(error, ServerUnavailable) and error.status_code is None and (done or size > 1):
+            # Sent, and no answer: the server may have learned the batch, or not.
+            sent = f"rows {offset} to {offset + size - 1}" if size > 1 else f"row {offset}"
+            message += f" ({done} rows learned before it; {sent} may or may not have been learned)"
+        elif done or row is not None or refused:
+            message += f" ({done} rows learned before it)"
+    new = type(error)(message, status_code=error.status_code, response=error.response)
+    new.row = None if row is None else offset + row
+    new.learned = done
+    new.reason = reason
+    return new
 
 
 def _stream_url(path: str, model: str | list[str] | None) -> str:
