@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
-from pathlib import Path
 
 from django_river_ml.exceptions import StorageUnavailable
 from django_river_ml.storage.base import (
@@ -35,6 +33,7 @@ from django_river_ml.storage.base import (
     ModelInfo,
     Store,
 )
+from django_river_ml.storage.sqlite import SQLiteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -104,42 +103,19 @@ class ShelveStore(Store):
     backend_name = "shelve"
 
     def __init__(self, path: str | os.PathLike, timeout: float = 30.0):
-        self.path = Path(path)
-        self.timeout = timeout
-        self._local = threading.local()
+        self.file = SQLiteFile(path, SCHEMA, timeout, "model store", upgrade=_upgrade)
+        self.path = self.file.path
         self._inserts = 0
-
-    # Connections: one per thread and process (sqlite3 objects must not cross either).
 
     @property
     def db(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
-            connection = self._connect()
-            self._local.connection, self._local.pid = connection, os.getpid()
-        return connection
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                         check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(SCHEMA)
-            _upgrade(connection)
-        except (sqlite3.Error, OSError) as error:
-            raise StorageUnavailable(f"Cannot open the model store at {self.path}: {error}") from None
-        return connection
+        return self.file.db
 
     def _write(self):
         return _Transaction(self.db)
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and self._local.pid == os.getpid():
-            connection.close()
-        self._local = threading.local()
+        self.file.close()
 
     # Models
 

@@ -32,13 +32,13 @@ import os
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import redis
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist
 
 from django_river_ml.exceptions import StorageUnavailable
+from django_river_ml.storage.sqlite import SQLiteFile
 
 # A trimmed channel is trimmed again after this many more appends (not on every one); the embedded
 # log drops events older than its age limit once in this many appends.
@@ -113,26 +113,13 @@ class SQLiteEventLog(EventLog):
 
     def __init__(self, path: str | os.PathLike, retention: int, max_age: float, timeout: float = 5.0):
         super().__init__(retention, max_age)
-        self.path = Path(path)
-        self.timeout = timeout
-        self._local = threading.local()
+        self.file = SQLiteFile(path, SCHEMA, timeout, "event log")
+        self.path = self.file.path
         self._appended = 0
 
     @property
     def db(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                             check_same_thread=False)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-                connection.executescript(SCHEMA)
-            except (sqlite3.Error, OSError) as error:
-                raise StorageUnavailable(f"Cannot open the event log at {self.path}: {error}") from None
-            self._local.connection, self._local.pid = connection, os.getpid()
-        return connection
+        return self.file.db
 
     def _run(self, function, *args):
         try:
@@ -223,10 +210,7 @@ class SQLiteEventLog(EventLog):
         return [(pos, Event(channel, event_type, data, id=event_id)) for pos, channel, event_id, event_type, data in rows]
 
     def close(self):
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and self._local.pid == os.getpid():
-            connection.close()
-        self._local = threading.local()
+        self.file.close()
 
 
 # KEYS: the channel's id counter, its stream. ARGV: channel, type, data, retention, pub/sub channel, age
