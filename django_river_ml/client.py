@@ -315,13 +315,7 @@ class DjangoClient:
         prediction = self._predict(model_name, replica, features)
         result = {"model": model_name, "prediction": to_jsonable(prediction)}
         if identifier is not None:
-            record = self._record(features, prediction)
-            if not self.store.put_identifier(model_name, identifier, record, river_settings.IDENTIFIER_TTL_SECONDS,
-                                             river_settings.MAX_PENDING_IDENTIFIERS):
-                raise IdentifierConflict(
-                    f"A prediction is already pending under identifier {identifier!r} for model {model_name!r}: "
-                    "label it first, or use another identifier."
-                )
+            self._keep(model_name, identifier, features, prediction)
             result["identifier"] = identifier
         self._finish("predict", model_name, started, {**result, "features": features})
         return result
@@ -362,8 +356,7 @@ class DjangoClient:
             seq, _ = self.registry.append(model_name, make_entry, incarnation=checked)
         except Exception:
             for identifier, record in taken:  # nothing was learned: the predictions stay pending
-                self.store.put_identifier(model_name, identifier, pickle.dumps(record),
-                                          river_settings.IDENTIFIER_TTL_SECONDS, river_settings.MAX_PENDING_IDENTIFIERS)
+                self._give_back(model_name, identifier, record)
             raise
         result = {"model": model_name, "learned": len(rows), "sequence": seq}
         self._finish("learn", model_name, started, result)
@@ -401,11 +394,7 @@ class DjangoClient:
             identifier = example.get("identifier")
             if identifier is not None:
                 with _about_row(row):
-                    if not self.store.put_identifier(model_name, identifier, self._record(example["features"], prediction),
-                                                     river_settings.IDENTIFIER_TTL_SECONDS,
-                                                     river_settings.MAX_PENDING_IDENTIFIERS):
-                        raise IdentifierConflict(f"A prediction is already pending under identifier {identifier!r} "
-                                                 f"for model {model_name!r}: label it first, or use another identifier.")
+                    self._keep(model_name, identifier, example["features"], prediction)
                 answer["identifier"] = identifier
             answers.append(answer)
         result = {"model": model_name, "predictions": answers}
@@ -595,10 +584,22 @@ class DjangoClient:
             return self.registry.append(model_name, make_entry, incarnation=incarnation)
         except Exception:
             if record is not None:  # let the caller try again with a corrected label
-                self.store.put_identifier(model_name, identifier, pickle.dumps(record),
-                                          river_settings.IDENTIFIER_TTL_SECONDS,
-                                          river_settings.MAX_PENDING_IDENTIFIERS)
+                self._give_back(model_name, identifier, record)
             raise
+
+    def _keep(self, model_name: str, identifier: str, features: dict, prediction: Any) -> None:
+        """Keep a prediction for its label; one already pending under that identifier is never replaced."""
+        if not self.store.put_identifier(model_name, identifier, self._record(features, prediction),
+                                         river_settings.IDENTIFIER_TTL_SECONDS, river_settings.MAX_PENDING_IDENTIFIERS):
+            raise IdentifierConflict(
+                f"A prediction is already pending under identifier {identifier!r} for model {model_name!r}: "
+                "label it first, or use another identifier."
+            )
+
+    def _give_back(self, model_name: str, identifier: str, record: dict) -> None:
+        """A taken prediction is pending again (its learn failed)."""
+        self.store.put_identifier(model_name, identifier, pickle.dumps(record),
+                                  river_settings.IDENTIFIER_TTL_SECONDS, river_settings.MAX_PENDING_IDENTIFIERS)
 
     def _finish(self, operation: str, model_name: str, started: int, event: dict) -> None:
         duration = time.perf_counter_ns() - started
