@@ -26,7 +26,7 @@ import pickle
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Callable
 
 import river
 
@@ -48,7 +48,7 @@ from django_river_ml.exceptions import (
     RiverMLError,
     StorageUnavailable,
 )
-from django_river_ml.flavors import get_flavor
+from django_river_ml.flavors import BoundModel, get_flavor
 from django_river_ml.names import generate_name, validate_name
 from django_river_ml.sandbox import get_sandbox
 from django_river_ml.settings import river_settings
@@ -83,11 +83,45 @@ def _about_row(row: int):
         raise error.at_row(row) if error.row is None else error
 
 
-def _predict_rows(flavor, model, features: list[dict]) -> list:
+def _each_row(rows: list, check: Callable[[Any], Any]) -> None:
+    """``check`` on every example of a batch, in one loop; what it raises names the example."""
+    row = 0
+    try:
+        for row, example in enumerate(rows):
+            check(example)
+    except RiverMLError as error:
+        raise error.at_row(row) if error.row is None else error
+
+
+def _check_example(example: Any) -> dict:
+    if not isinstance(example, dict):
+        raise InvalidInput(f"each example must be an object, not {type(example).__name__}.")
+    if not example.keys() <= BATCH_FIELDS:
+        unknown = sorted(set(example) - BATCH_FIELDS)[0]
+        raise InvalidInput(f"unknown field {unknown!r} (an example has {', '.join(sorted(BATCH_FIELDS))}).")
+    return example
+
+
+def _check_learn_example(example: Any) -> None:
+    """An example to learn: its features may come from its identifier's stored prediction."""
+    _check_example(example)
+    identifier = validate_identifier(example.get("identifier"))
+    validate_value("ground_truth", example.get("ground_truth"))
+    if identifier is None or example.get("features") is not None:
+        validate_features(example.get("features"))
+
+
+def _check_predict_example(example: Any) -> None:
+    _check_example(example)
+    validate_features(example.get("features"))
+    validate_identifier(example.get("identifier"))
+
+
+def _predict_rows(model: BoundModel, features: list[dict]) -> list:
     predictions = []
     for row, x in enumerate(features):
         try:
-            predictions.append(flavor.predict(model, dict(x)))
+            predictions.append(model.predict(dict(x)))
         except Exception as error:
             raise ModelFailed(f"The model raised on this input ({type(error).__name__}: {error}).").at_row(row) from None
     return predictions
@@ -332,25 +366,24 @@ class DjangoClient:
         """
         started = time.perf_counter_ns()
         checked = self._check(model_name)
-        rows = self._batch(examples)
-        for row, example in enumerate(rows):
-            with _about_row(row):
-                validate_identifier(example.get("identifier"))
-                validate_value("ground_truth", example.get("ground_truth"))
+        rows = self._batch(examples, _check_learn_example)
+        entries = [{"x": example.get("features"), "y": example.get("ground_truth")} for example in rows]
         taken: list[tuple[str, dict]] = []
         try:
-            entries = []
             for row, example in enumerate(rows):
+                identifier = example.get("identifier")
+                if identifier is None:
+                    continue
                 with _about_row(row):
-                    entry, record = self._batch_entry(model_name, example)
+                    record = self._take_identifier(model_name, identifier, required=entries[row]["x"] is None)
                 if record is not None:
-                    taken.append((example["identifier"], record))
-                entries.append(entry)
+                    taken.append((identifier, record))
+                    entries[row]["p"] = record["p"]
+                    if entries[row]["x"] is None:
+                        entries[row]["x"] = record["x"]
 
             def make_entry(flavor) -> dict:
-                for row, entry in enumerate(entries):
-                    with _about_row(row):
-                        flavor.validate_target(entry["y"])
+                _each_row(entries, lambda entry: flavor.validate_target(entry["y"]))
                 return {"op": "learn_many", "rows": entries}
 
             seq, _ = self.registry.append(model_name, make_entry, incarnation=checked)
@@ -370,11 +403,7 @@ class DjangoClient:
         """
         started = time.perf_counter_ns()
         validate_name(model_name)
-        rows = self._batch(examples)
-        for row, example in enumerate(rows):
-            with _about_row(row):
-                validate_features(example.get("features"))
-                validate_identifier(example.get("identifier"))
+        rows = self._batch(examples, _check_predict_example)
         replica = self._replica(model_name)
         features = [example["features"] for example in rows]
         if replica.flavor.predictions_change_state:
@@ -384,51 +413,31 @@ class DjangoClient:
         else:
             with replica.lock:
                 try:
-                    predictions = run_limited(batch_limit(len(rows)), _predict_rows, replica.flavor, replica.model,
+                    predictions = run_limited(batch_limit(len(rows)), _predict_rows, replica.flavor.bind(replica.model),
                                               features, memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
                 except CallLimitExceeded as error:
                     raise ModelFailed(f"The model stopped on this batch: {error}.") from None
-        answers = []
-        for row, (example, prediction) in enumerate(zip(rows, predictions)):
-            answer = {"prediction": to_jsonable(prediction)}
+        answers = [{"prediction": to_jsonable(prediction)} for prediction in predictions]
+        for row, example in enumerate(rows):
             identifier = example.get("identifier")
             if identifier is not None:
                 with _about_row(row):
-                    self._keep(model_name, identifier, example["features"], prediction)
-                answer["identifier"] = identifier
-            answers.append(answer)
+                    self._keep(model_name, identifier, example["features"], predictions[row])
+                answers[row]["identifier"] = identifier
         result = {"model": model_name, "predictions": answers}
         self._finish("predict", model_name, started, {"model": model_name, "predicted": len(rows)})
         return result
 
     @staticmethod
-    def _batch(examples: Any) -> list[dict]:
+    def _batch(examples: Any, check: Callable[[Any], None]) -> list[dict]:
+        """The batch's examples, each passed through ``check``."""
         if not isinstance(examples, list) or not examples:
             raise InvalidInput("examples must be a non-empty list of examples.")
         limit = river_settings.MAX_BATCH_ROWS
         if len(examples) > limit:
             raise PayloadTooLarge(f"The batch has {len(examples)} examples; MAX_BATCH_ROWS allows {limit}.")
-        for row, example in enumerate(examples):
-            if not isinstance(example, dict):
-                raise InvalidInput(f"each example must be an object, not {type(example).__name__}.").at_row(row)
-            unknown = set(example) - BATCH_FIELDS
-            if unknown:
-                raise InvalidInput(f"unknown field {sorted(unknown)[0]!r} (an example has "
-                                   f"{', '.join(sorted(BATCH_FIELDS))}).").at_row(row)
+        _each_row(examples, check)
         return examples
-
-    def _batch_entry(self, model_name: str, example: dict) -> tuple[dict, dict | None]:
-        """One learn of a batch (features, target, and the stored prediction of its identifier, taken)."""
-        features, identifier, record = example.get("features"), example.get("identifier"), None
-        if identifier is not None:
-            record = self._take_identifier(model_name, identifier, required=features is None)
-            if record is not None and features is None:
-                features = record["x"]
-        validate_features(features)
-        entry = {"x": features, "y": example.get("ground_truth")}
-        if record is not None:
-            entry["p"] = record["p"]
-        return entry, record
 
     # Reporting ----------------------------------------------------------------
 

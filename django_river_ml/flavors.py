@@ -191,32 +191,68 @@ class Flavor:
         if not self.target_check(target):
             raise InvalidInput(f"{field} for a {self.name} model must be {self.target_words}, not {_shown(target)}.")
 
+    def bind(self, model: Any, metric_list: list = ()) -> "BoundModel":
+        """The model with this flavor's methods looked up once (a batch calls them per example)."""
+        return BoundModel(self, model, metric_list)
+
     def predict(self, model: Any, features: dict) -> Any:
         """The first of :attr:`predict_methods` the model implements (the same on every replica)."""
-        methods = [m for m in self.predict_methods if _has(model, m) and not _declared_only(model, m)]
-        for position, method in enumerate(methods, 1):
-            try:
-                return getattr(model, method)(features)
-            except NotImplementedError:  # a wrapper around a model without it: try the next
-                if position == len(methods):
-                    raise
-        raise InvalidModel(f"The model has no {self.predict_method}.")
+        return self.bind(model).predict(features)
 
     def learn(self, model: Any, features: dict, target: Any) -> None:
-        if target is not None and _is_supervised(model):
-            model.learn_one(features, target)
-        else:
-            model.learn_one(features)
+        self.bind(model).learn(features, target)
 
     def update_metrics(self, metric_list: list, target: Any, prediction: Any) -> None:
         """Score a prediction made before learning; skipped when there is nothing to score."""
+        self.bind(None, metric_list).score(target, prediction)
+
+
+class BoundModel:
+    """One model's predict, learn and scoring, resolved for its flavor once.
+
+    Which method predicts and whether ``learn_one`` takes the target depend only on
+    the model's structure, so every replica resolves them alike; looking them up once
+    per log entry instead of once per example is most of what a batch saves.
+    """
+
+    def __init__(self, flavor: Flavor, model: Any, metric_list: list = ()):
+        self.flavor = flavor
+        self.model = model
+        if model is not None:
+            self._predictors = [getattr(model, m) for m in flavor.predict_methods
+                                if _has(model, m) and not _declared_only(model, m)]
+            self._learn_one = model.learn_one
+            self._supervised = _is_supervised(model)
+        self._scorers = [(metric.update, bool(getattr(metric, "requires_labels", False))) for metric in metric_list]
+
+    @property
+    def scores(self) -> bool:
+        """Whether there are metrics to score predictions with."""
+        return bool(self._scorers)
+
+    def predict(self, features: dict) -> Any:
+        predictors = self._predictors
+        for position, predictor in enumerate(predictors, 1):
+            try:
+                return predictor(features)
+            except NotImplementedError:  # a wrapper around a model without it: try the next
+                if position == len(predictors):
+                    raise
+        raise InvalidModel(f"The model has no {self.flavor.predict_method}.")
+
+    def learn(self, features: dict, target: Any) -> None:
+        if target is not None and self._supervised:
+            self._learn_one(features, target)
+        else:
+            self._learn_one(features)
+
+    def score(self, target: Any, prediction: Any) -> None:
+        """Score a prediction made before learning; skipped when there is nothing to score."""
         if target is None or prediction is None or prediction == {}:
             return
-        for metric in metric_list:
-            requires_labels = getattr(metric, "requires_labels", False)
-            y_pred = _most_likely(prediction) if requires_labels else prediction
+        for update, requires_labels in self._scorers:
             try:
-                metric.update(target, y_pred)
+                update(target, _most_likely(prediction) if requires_labels else prediction)
             except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError, ArithmeticError):
                 # A metric that cannot score this pair skips it (every replica alike).
                 continue

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from django_river_ml.exceptions import InvalidModel, ModelBusy, ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
-from django_river_ml.flavors import Flavor, get_flavor
+from django_river_ml.flavors import BoundModel, Flavor, get_flavor
 from django_river_ml.growth import GrowthWatch
 from django_river_ml.settings import river_settings
 from django_river_ml.storage import ModelInfo, Store, get_store
@@ -336,8 +336,8 @@ class ModelRegistry:
                                                  river_settings.SNAPSHOT_EVERY)
         return replica.growth.full
 
-    @classmethod
-    def _apply(cls, replica: Replica, entry: dict) -> Any:
+    @staticmethod
+    def _apply(replica: Replica, entry: dict) -> Any:
         """Score the model's prediction (made now unless the entry carries one), then learn.
 
         A ``predict`` entry only predicts: it is logged for flavors whose models
@@ -346,30 +346,14 @@ class ModelRegistry:
         :class:`RowFailed` (the whole entry is rejected).
         """
         op = entry.get("op")
+        model = replica.flavor.bind(replica.model, replica.metrics)
         if op == "learn_many":
-            return [cls._each(row, cls._apply, replica, example) for row, example in enumerate(entry["rows"])]
+            return each_row(lambda example: _learn(model, example), entry["rows"])
         if op == "predict_many":
-            return [cls._each(row, replica.flavor.predict, replica.model, dict(x)) for row, x in enumerate(entry["xs"])]
-        flavor, features, target = replica.flavor, entry["x"], entry.get("y")
+            return each_row(lambda features: model.predict(dict(features)), entry["xs"])
         if op == "predict":
-            return flavor.predict(replica.model, dict(features))
-        prediction = None
-        if "p" in entry:
-            prediction = entry["p"]
-        elif replica.metrics and target is not None:
-            prediction = flavor.predict(replica.model, dict(features))
-        flavor.update_metrics(replica.metrics, target, prediction)
-        flavor.learn(replica.model, dict(features), target)
-        return prediction
-
-    @staticmethod
-    def _each(row: int, function: Callable, *args: Any) -> Any:
-        try:
-            return function(*args)
-        except CallLimitExceeded:  # the whole entry's limit: not this example's doing
-            raise
-        except Exception as error:
-            raise RowFailed(row, error) from error
+            return model.predict(dict(entry["x"]))
+        return _learn(model, entry)
 
     @staticmethod
     def _skipped_record(replica: Replica) -> dict:
@@ -400,6 +384,33 @@ class RowFailed(Exception):
         super().__init__(f"example {row}: {error!r}")
         self.row, self.error = row, error
 
+
+
+def _learn(model: BoundModel, entry: dict) -> Any:
+    """One learn entry (or example of a batch): the prediction is scored, then the model learns."""
+    features, target = entry["x"], entry.get("y")
+    if "p" in entry:
+        prediction = entry["p"]
+    elif model.scores and target is not None:
+        prediction = model.predict(dict(features))
+    else:
+        prediction = None
+    model.score(target, prediction)
+    model.learn(dict(features), target)
+    return prediction
+
+
+def each_row(function: Callable[[Any], Any], rows: list) -> list:
+    """``function`` on every example of a batch; one that raises fails the whole entry as a RowFailed."""
+    results, row = [], 0
+    try:
+        for row, item in enumerate(rows):
+            results.append(function(item))
+    except CallLimitExceeded:  # the whole entry's limit: not this example's doing
+        raise
+    except Exception as error:
+        raise RowFailed(row, error) from error
+    return results
 
 #: A batch gets CALL_TIME_LIMIT_SECONDS (and each worker's catching-up margin) per this many examples.
 EXAMPLES_PER_TIME_LIMIT = 1000
