@@ -111,6 +111,20 @@ def _check_learn_example(example: Any) -> None:
         validate_features(example.get("features"))
 
 
+def _identified_rows(rows: list[dict]) -> list[tuple[int, str]]:
+    """(row, identifier) of the examples that carry one; the same identifier twice is refused."""
+    identified, seen = [], set()
+    for row, example in enumerate(rows):
+        identifier = example.get("identifier")
+        if identifier is None:
+            continue
+        if identifier in seen:
+            raise InvalidInput(f"identifier {identifier!r} is given to an earlier example of this batch too.").at_row(row)
+        seen.add(identifier)
+        identified.append((row, identifier))
+    return identified
+
+
 def _check_predict_example(example: Any) -> None:
     _check_example(example)
     validate_features(example.get("features"))
@@ -189,8 +203,8 @@ class DjangoClient:
                         memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
         except (CallLimitExceeded, ModelCrashed) as error:
             raise InvalidModel(f"The model failed while it was checked: {error}.") from None
-        name = self._create(model_name, flavor_, model)
-        events.emit("upload", {"model": name, "flavor": flavor_.name})
+        name, incarnation = self._create(model_name, flavor_, model)
+        events.emit("upload", {"model": name, "flavor": flavor_.name}, incarnation=incarnation)
         return name
 
     def upload_spec(self, spec: Any, flavor: str, model_name: str | None = None) -> str:
@@ -237,7 +251,7 @@ class DjangoClient:
             info = self._info(model_name, write=True)
             if self.store.delete_model(model_name, incarnation=info.incarnation):
                 self.registry.forget(model_name)
-                events.emit("delete", {"model": model_name})
+                events.emit("delete", {"model": model_name}, incarnation=info.incarnation)
                 return
         raise Conflict(f"Model {model_name!r} kept changing while it was being deleted; try again.")
 
@@ -307,7 +321,8 @@ class DjangoClient:
         result = {"model": model_name, "sequence": seq}
         if outcome.prediction is not None:
             result["prediction"] = to_jsonable(outcome.prediction)
-        self._finish("learn", model_name, started, {**result, "features": features, "ground_truth": ground_truth})
+        self._finish("learn", model_name, outcome.incarnation, started,
+                     {**result, "features": features, "ground_truth": ground_truth})
         return result
 
     def label(self, label: Any, identifier: str, model_name: str) -> dict:
@@ -325,9 +340,9 @@ class DjangoClient:
             flavor.validate_target(label, field="label")
             return {"x": record["x"], "y": label, "p": record["p"]}
 
-        seq, _ = self._learn(model_name, make_entry, identifier, record, checked)
+        seq, outcome = self._learn(model_name, make_entry, identifier, record, checked)
         result = {"model": model_name, "identifier": identifier, "sequence": seq}
-        self._finish("label", model_name, started,
+        self._finish("label", model_name, outcome.incarnation, started,
                      {**result, "features": record["x"], "prediction": record["p"], "label": label})
         return result
 
@@ -344,14 +359,21 @@ class DjangoClient:
         replica = self._replica(model_name)
         if identifier is None and river_settings.GENERATE_IDENTIFIERS:
             identifier = str(uuid.uuid4())
-        if identifier is not None and replica.flavor.predictions_change_state:
-            self._record(features, None)  # too large: refused before the prediction is logged
-        prediction = self._predict(model_name, replica, features)
+        kept_first = identifier is not None and replica.flavor.predictions_change_state
+        if kept_first:  # kept before the prediction is logged: a conflict must not change the model
+            self._keep(model_name, identifier, features, None)
+        try:
+            prediction = self._predict(model_name, replica, features)
+        except Exception:
+            if kept_first:
+                self.store.pop_identifier(model_name, identifier)
+            raise
         result = {"model": model_name, "prediction": to_jsonable(prediction)}
         if identifier is not None:
-            self._keep(model_name, identifier, features, prediction)
+            if not kept_first:
+                self._keep(model_name, identifier, features, prediction)
             result["identifier"] = identifier
-        self._finish("predict", model_name, started, {**result, "features": features})
+        self._finish("predict", model_name, replica.incarnation, started, {**result, "features": features})
         return result
 
     # Batches ------------------------------------------------------------------
@@ -386,13 +408,13 @@ class DjangoClient:
                 _each_row(entries, lambda entry: flavor.validate_target(entry["y"]))
                 return {"op": "learn_many", "rows": entries}
 
-            seq, _ = self.registry.append(model_name, make_entry, incarnation=checked)
+            seq, outcome = self.registry.append(model_name, make_entry, incarnation=checked)
         except Exception:
             for identifier, record in taken:  # nothing was learned: the predictions stay pending
                 self._give_back(model_name, identifier, record)
             raise
         result = {"model": model_name, "learned": len(rows), "sequence": seq}
-        self._finish("learn", model_name, started, result)
+        self._finish("learn", model_name, outcome.incarnation, started, result)
         return result
 
     def predict_many(self, model_name: str, examples: list[dict]) -> dict:
@@ -406,26 +428,36 @@ class DjangoClient:
         rows = self._batch(examples, _check_predict_example)
         replica = self._replica(model_name)
         features = [example["features"] for example in rows]
-        if replica.flavor.predictions_change_state:
-            _, outcome = self.registry.append(model_name, lambda flavor: {"op": "predict_many", "xs": features},
-                                              incarnation=replica.incarnation)
-            predictions = outcome.prediction
-        else:
-            with replica.lock:
-                try:
-                    predictions = run_limited(batch_limit(len(rows)), _predict_rows, replica.flavor.bind(replica.model),
-                                              features, memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
-                except CallLimitExceeded as error:
-                    raise ModelFailed(f"The model stopped on this batch: {error}.") from None
+        identified = _identified_rows(rows)
+        # A model that changes when it predicts: identifiers are kept first (a conflict must not
+        # change the model); the record's prediction is not needed, since such a model has no metrics.
+        kept_first = replica.flavor.predictions_change_state
+        if kept_first:
+            self._keep_all(model_name, [(row, identifier, features[row], None) for row, identifier in identified])
+        try:
+            if kept_first:
+                _, outcome = self.registry.append(model_name, lambda flavor: {"op": "predict_many", "xs": features},
+                                                  incarnation=replica.incarnation)
+                predictions = outcome.prediction
+            else:
+                with replica.lock:
+                    try:
+                        predictions = run_limited(batch_limit(len(rows)), _predict_rows,
+                                                  replica.flavor.bind(replica.model), features,
+                                                  memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
+                    except CallLimitExceeded as error:
+                        raise ModelFailed(f"The model stopped on this batch: {error}.") from None
+        except Exception:
+            self._drop_all(model_name, [identifier for _, identifier in identified] if kept_first else [])
+            raise
+        if not kept_first:
+            self._keep_all(model_name, [(row, identifier, features[row], predictions[row])
+                                        for row, identifier in identified])
         answers = [{"prediction": to_jsonable(prediction)} for prediction in predictions]
-        for row, example in enumerate(rows):
-            identifier = example.get("identifier")
-            if identifier is not None:
-                with _about_row(row):
-                    self._keep(model_name, identifier, example["features"], predictions[row])
-                answers[row]["identifier"] = identifier
+        for row, identifier in identified:
+            answers[row]["identifier"] = identifier
         result = {"model": model_name, "predictions": answers}
-        self._finish("predict", model_name, started, {"model": model_name, "predicted": len(rows)})
+        self._finish("predict", model_name, replica.incarnation, started, {"model": model_name, "predicted": len(rows)})
         return result
 
     @staticmethod
@@ -529,7 +561,7 @@ class DjangoClient:
         return QuotaExceeded(f"You own {limit} models, the most MAX_MODELS_PER_USER allows: delete one first "
                              "(or ask an administrator to raise the limit).")
 
-    def _create(self, model_name: str | None, flavor_, model: Any) -> str:
+    def _create(self, model_name: str | None, flavor_, model: Any) -> tuple[str, str]:
         """Store the model: a new one owned by the caller, or a replacement keeping its access (compare-and-set)."""
         max_owned = None if self.caller.exempt_from_quotas else river_settings.MAX_MODELS_PER_USER
         for _ in range(5):
@@ -537,12 +569,12 @@ class DjangoClient:
             info = self.store.model_info(name) if model_name else None
             if info is not None and not self.caller.may_use(info.access, public=False):
                 raise ModelNotFound(f"No model named {name!r}.")
-            outcome = self.registry.create(
+            outcome, incarnation = self.registry.create(
                 name, flavor_, model, access=info.access if info else Access(owner=self.caller.user_id),
                 expect=info.incarnation if info else None, max_owned=max_owned,
             )
             if outcome == OK:
-                return name
+                return name, incarnation
             if outcome == OVER_QUOTA:
                 raise self._over_quota()
             # Created, replaced or deleted by someone else meanwhile: look again.
@@ -605,16 +637,32 @@ class DjangoClient:
                 "label it first, or use another identifier."
             )
 
+    def _keep_all(self, model_name: str, kept: list[tuple[int, str, dict, Any]]) -> None:
+        """Keep the predictions of a batch's (row, identifier, features, prediction): all of them, or none."""
+        done = []
+        try:
+            for row, identifier, features, prediction in kept:
+                with _about_row(row):
+                    self._keep(model_name, identifier, features, prediction)
+                done.append(identifier)
+        except Exception:
+            self._drop_all(model_name, done)
+            raise
+
+    def _drop_all(self, model_name: str, identifiers: list[str]) -> None:
+        for identifier in identifiers:
+            self.store.pop_identifier(model_name, identifier)
+
     def _give_back(self, model_name: str, identifier: str, record: dict) -> None:
         """A taken prediction is pending again (its learn failed)."""
         self.store.put_identifier(model_name, identifier, pickle.dumps(record),
                                   river_settings.IDENTIFIER_TTL_SECONDS, river_settings.MAX_PENDING_IDENTIFIERS)
 
-    def _finish(self, operation: str, model_name: str, started: int, event: dict) -> None:
+    def _finish(self, operation: str, model_name: str, incarnation: str, started: int, event: dict) -> None:
         duration = time.perf_counter_ns() - started
         try:
             self.store.record_call(model_name, operation, duration, float(river_settings.STATS_EWM_ALPHA))
         except StorageUnavailable:  # the call itself happened: a lost timing must not report it failed
             logging.getLogger(__name__).warning("Could not count a %s call of %s in its stats", operation, model_name)
-        events.emit(operation, event)
+        events.emit(operation, event, incarnation=incarnation)
 

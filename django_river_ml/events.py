@@ -2,8 +2,9 @@
 
 Every state change and prediction calls :func:`emit`. Receivers of
 :data:`river_event` (live streams, metrics exporters, a site's own code) get
-``event`` (``"learn"``, ``"predict"``, ``"label"``, ``"upload"``, ``"delete"``)
-and ``data`` (plain JSON values). A receiver that raises never fails or slows
+``event`` (``"learn"``, ``"predict"``, ``"label"``, ``"upload"``, ``"delete"``),
+``data`` (plain JSON values) and ``incarnation`` (which upload of the model it is
+about: a model deleted and uploaded again under its name is another incarnation). A receiver that raises never fails or slows
 the request: the error is logged and counted in :data:`dropped`. With no
 receiver connected, emitting costs nothing.
 """
@@ -25,11 +26,12 @@ river_event = Signal()
 dropped = 0
 
 
-def emit(event: str, data: dict[str, Any]) -> None:
+def emit(event: str, data: dict[str, Any], incarnation: str | None = None) -> None:
     global dropped
     if not river_event.has_listeners():
         return
-    for receiver, result in river_event.send_robust(sender=None, event=event, data=to_jsonable(data)):
+    for receiver, result in river_event.send_robust(sender=None, event=event, data=to_jsonable(data),
+                                                    incarnation=incarnation):
         if isinstance(result, Exception):
             dropped += 1
             logger.warning("Event %s dropped by %r: %r", event, receiver, result)

@@ -100,6 +100,13 @@ def _is_label(value: Any) -> bool:
     return isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))
 
 
+def label_kind(label: Any) -> str:
+    """``"boolean"``, ``"number"`` or ``"string"``: JSON's kinds of label."""
+    if isinstance(label, bool):
+        return "boolean"
+    return "string" if isinstance(label, str) else "number"
+
+
 def _shown(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut short for a message (an int of 5000 digits has no repr at all)."""
     try:
@@ -191,9 +198,18 @@ class Flavor:
         if not self.target_check(target):
             raise InvalidInput(f"{field} for a {self.name} model must be {self.target_words}, not {_shown(target)}.")
 
-    def bind(self, model: Any, metric_list: list = ()) -> "BoundModel":
-        """The model with this flavor's methods looked up once (a batch calls them per example)."""
-        return BoundModel(self, model, metric_list)
+    @property
+    def one_kind_of_label(self) -> bool:
+        """Classifiers: a model that learned ``true`` and then ``"x"`` fails on every later call
+        (river sorts its classes), so the first label fixes the kind of every later one."""
+        return self.target_check is _is_label
+
+    def bind(self, model: Any, metric_list: list = (), labels: str | None = None) -> "BoundModel":
+        """The model with this flavor's methods looked up once (a batch calls them per example).
+
+        ``labels``: the kind of label the model has learned so far (see :func:`label_kind`).
+        """
+        return BoundModel(self, model, metric_list, labels)
 
     def predict(self, model: Any, features: dict) -> Any:
         """The first of :attr:`predict_methods` the model implements (the same on every replica)."""
@@ -215,9 +231,10 @@ class BoundModel:
     per log entry instead of once per example is most of what a batch saves.
     """
 
-    def __init__(self, flavor: Flavor, model: Any, metric_list: list = ()):
+    def __init__(self, flavor: Flavor, model: Any, metric_list: list = (), labels: str | None = None):
         self.flavor = flavor
         self.model = model
+        self.labels = labels
         if model is not None:
             self._predictors = [getattr(model, m) for m in flavor.predict_methods
                                 if _has(model, m) and not _declared_only(model, m)]
@@ -229,6 +246,17 @@ class BoundModel:
     def scores(self) -> bool:
         """Whether there are metrics to score predictions with."""
         return bool(self._scorers)
+
+    def check_label(self, target: Any) -> None:
+        """A classifier's label must be of the kind it has learned; the first one sets :attr:`labels`."""
+        if target is None or not self.flavor.one_kind_of_label:
+            return
+        kind = label_kind(target)
+        if self.labels is None:
+            self.labels = kind
+        elif kind != self.labels:
+            raise InvalidInput(f"The label is a {kind}, but this model has learned {self.labels} labels "
+                               "(a classifier's labels are all of one kind).")
 
     def predict(self, features: dict) -> Any:
         predictors = self._predictors

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from django_river_ml.exceptions import InvalidModel, ModelBusy, ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
+from django_river_ml.exceptions import InvalidInput, InvalidModel, ModelBusy, ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
 from django_river_ml.flavors import BoundModel, Flavor, get_flavor
 from django_river_ml.growth import GrowthWatch
 from django_river_ml.settings import river_settings
@@ -50,19 +50,22 @@ def pickled(obj: Any) -> bytes:
         return dill.dumps(obj)
 
 
-def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None, skipped: dict | None = None) -> bytes:
+def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None, skipped: dict | None = None,
+               labels: str | None = None) -> bytes:
     """Serialize a model with its metrics (snapshots are written by us, read by us)."""
     state = {"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics}
     if growth is not None:
         state["growth"] = growth.as_dict()
     if skipped is not None:
         state["skipped"] = skipped
+    if labels is not None:
+        state["labels"] = labels
     return pickled(state)
 
 
-def load_state(data: bytes) -> tuple[Any, list, dict | None, dict | None]:
-    state = pickle.loads(data)  # noqa: S301 - our own snapshot from the trusted store
-    return state["model"], state["metrics"], state.get("growth"), state.get("skipped")
+def load_state(data: bytes) -> dict:
+    """A snapshot's ``model``, ``metrics`` and, when recorded, ``growth``, ``skipped`` and ``labels``."""
+    return pickle.loads(data)  # noqa: S301 - our own snapshot from the trusted store
 
 
 def new_incarnation() -> str:
@@ -84,6 +87,8 @@ class Replica:
     # retraction is checked against.
     skipped: set = field(default_factory=set)
     skipped_from: int = 0
+    # The kind of label a classifier has learned ("boolean", "number" or "string"): the first fixes it.
+    labels: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def applied(self, seq: int) -> bool | None:
@@ -101,6 +106,7 @@ class Outcome:
 
     prediction: Any = None
     error: BaseException | None = None
+    incarnation: str = ""  # the upload of the model the entry went to
 
 
 class ModelRegistry:
@@ -132,8 +138,11 @@ class ModelRegistry:
 
     # Writing ---------------------------------------------------------------
 
-    def create(self, name: str, flavor: Flavor, model: Any, **options: Any) -> str:
-        """Store a new incarnation; ``options`` (access, expect, max_owned) go to ``Store.create_model``."""
+    def create(self, name: str, flavor: Flavor, model: Any, **options: Any) -> tuple[str, str]:
+        """Store a new incarnation: (the store's outcome, the incarnation).
+
+        ``options`` (access, expect, max_owned) go to ``Store.create_model``.
+        """
         incarnation = new_incarnation()
         try:  # whether the model has probabilities is asked of the model itself
             metrics = run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, flavor.make_metrics, model,
@@ -148,7 +157,7 @@ class ModelRegistry:
         snapshot = dump_state(model, metrics, growth)
         outcome = self.store.create_model(name, flavor.name, incarnation, snapshot, **options)
         self.forget(name)
-        return outcome
+        return outcome, incarnation
 
     def append(self, name: str, make_entry: Callable[[Flavor], dict],
                incarnation: str | None = None) -> tuple[int, Outcome]:
@@ -178,14 +187,15 @@ class ModelRegistry:
                     self.forget(name)
                     continue
                 outcome = self._advance(replica, seq, watch=seq)
+                outcome.incarnation = replica.incarnation
                 if outcome.error is None and seq % river_settings.SNAPSHOT_EVERY == 0:
                     self._snapshot(replica)
             if outcome.error is not None:
                 error, row = outcome.error, None
                 if isinstance(error, RowFailed):
                     error, row = error.error, error.row
-                if isinstance(error, ModelFull):
-                    raise error
+                if isinstance(error, (ModelFull, InvalidInput)):  # InvalidInput: a label of another kind
+                    raise error if row is None or error.row is not None else error.at_row(row)
                 if isinstance(error, CallLimitExceeded):
                     self._retract(name, replica, seq)
                     failed = ModelFailed(f"The model stopped on this input: {error}; it was left unchanged.")
@@ -211,9 +221,9 @@ class ModelRegistry:
             logger.exception("Could not log the retraction of entry %s of model %s", seq, name)
 
     def _load(self, info: ModelInfo) -> Replica:
-        seq, model, metrics, growth, skipped = self._newest_snapshot(info.name, info.incarnation)
-        replica = Replica(info.name, info.incarnation, get_flavor(info.flavor), model, metrics, seq, growth,
-                          *skipped)
+        replica = Replica(info.name, info.incarnation, get_flavor(info.flavor), None, [], -1, None)
+        self._rebuild(replica)
+        seq = replica.seq
         with self._lock:
             current = self._replicas.get(info.name)
             if current is not None and current.incarnation == info.incarnation and current.seq >= seq:
@@ -223,17 +233,16 @@ class ModelRegistry:
 
     def _rebuild(self, replica: Replica) -> None:
         """Reload ``replica`` in place from its newest snapshot (entries are replayed by the caller)."""
-        (replica.seq, replica.model, replica.metrics, replica.growth,
-         (replica.skipped, replica.skipped_from)) = self._newest_snapshot(replica.name, replica.incarnation)
-
-    def _newest_snapshot(self, name: str, incarnation: str) -> tuple[int, Any, list, GrowthWatch, tuple]:
-        snapshot = self.store.latest_snapshot(incarnation)
+        snapshot = self.store.latest_snapshot(replica.incarnation)
         if snapshot is None:
-            raise ModelNotFound(f"No model named {name!r}.")
+            raise ModelNotFound(f"No model named {replica.name!r}.")
         seq, data = snapshot
-        model, metrics, growth, skipped = load_state(data)
-        skipped = skipped or {"seqs": [], "from": seq}
-        return seq, model, metrics, GrowthWatch.from_dict(growth, seq), (set(skipped["seqs"]), skipped["from"])
+        state = load_state(data)
+        skipped = state.get("skipped") or {"seqs": [], "from": seq}
+        replica.seq, replica.model, replica.metrics = seq, state["model"], state["metrics"]
+        replica.growth = GrowthWatch.from_dict(state.get("growth"), seq)
+        replica.skipped, replica.skipped_from = set(skipped["seqs"]), skipped["from"]
+        replica.labels = state.get("labels")
 
     def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
         """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``."""
@@ -346,14 +355,17 @@ class ModelRegistry:
         :class:`RowFailed` (the whole entry is rejected).
         """
         op = entry.get("op")
-        model = replica.flavor.bind(replica.model, replica.metrics)
+        model = replica.flavor.bind(replica.model, replica.metrics, replica.labels)
         if op == "learn_many":
-            return each_row(lambda example: _learn(model, example), entry["rows"])
-        if op == "predict_many":
+            result = each_row(lambda example: _learn(model, example), entry["rows"])
+        elif op == "predict_many":
             return each_row(lambda features: model.predict(dict(features)), entry["xs"])
-        if op == "predict":
+        elif op == "predict":
             return model.predict(dict(entry["x"]))
-        return _learn(model, entry)
+        else:
+            result = _learn(model, entry)
+        replica.labels = model.labels  # an entry that raised is undone by a rebuild, labels included
+        return result
 
     @staticmethod
     def _skipped_record(replica: Replica) -> dict:
@@ -366,7 +378,7 @@ class ModelRegistry:
             self.store.save_snapshot(
                 replica.name, replica.incarnation, replica.seq,
                 run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
-                            self._skipped_record(replica)),
+                            self._skipped_record(replica), replica.labels),
                 keep=river_settings.SNAPSHOTS_KEPT,
             )
         except Exception:  # a missed snapshot only lengthens the next replay
@@ -389,6 +401,7 @@ class RowFailed(Exception):
 def _learn(model: BoundModel, entry: dict) -> Any:
     """One learn entry (or example of a batch): the prediction is scored, then the model learns."""
     features, target = entry["x"], entry.get("y")
+    model.check_label(target)
     if "p" in entry:
         prediction = entry["p"]
     elif model.scores and target is not None:

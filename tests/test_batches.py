@@ -7,7 +7,7 @@ import json
 import pytest
 
 from django_river_ml.client import DjangoClient
-from django_river_ml.exceptions import InvalidInput, ModelFailed, PayloadTooLarge
+from django_river_ml.exceptions import IdentifierNotFound, InvalidInput, ModelFailed, PayloadTooLarge
 from example_project.custom_models import Fragile
 from flavored_models import examples, make_model
 
@@ -148,3 +148,63 @@ def test_a_batch_for_a_model_whose_predictions_change_it_goes_through_the_log(ri
     predicted = river_client.predict_many("clusters", [{"features": e["features"]} for e in batch])
     assert len(predicted["predictions"]) == 10
     assert river_client.registry.replica("clusters").seq == 2  # the predictions are an entry of their own
+
+
+# Found by a red-team review: a refused batch predict kept its earlier rows' identifiers, and a model
+# whose predictions change it was changed by a predict refused for its identifier.
+
+@pytest.mark.parametrize("flavor", ["regression", "cluster"])
+def test_a_predict_batch_refused_for_an_identifier_keeps_nothing(river_client, flavor):
+    from django_river_ml.exceptions import IdentifierConflict
+
+    river_client.upload_model(make_model(flavor), flavor, "m")
+    x = [e["features"] for e in rows(flavor, 3)]
+    river_client.predict("m", x[0], identifier="taken")
+    seq = river_client.registry.replica("m").seq
+    with pytest.raises(IdentifierConflict) as refused:
+        river_client.predict_many("m", [{"features": x[1], "identifier": "fresh"},
+                                        {"features": x[2], "identifier": "taken"}])
+    assert refused.value.row == 1
+    with pytest.raises(InvalidInput) as duplicated:
+        river_client.predict_many("m", [{"features": x[1], "identifier": "twice"},
+                                        {"features": x[2], "identifier": "twice"}])
+    assert duplicated.value.row == 1
+    with pytest.raises(IdentifierConflict):
+        river_client.predict("m", x[1], identifier="taken")
+    assert river_client.registry.replica("m").seq == seq  # nothing logged: the model is unchanged
+    for identifier in ("fresh", "twice"):  # nothing kept
+        with pytest.raises(IdentifierNotFound):
+            river_client.label(1.0, identifier, "m")
+
+
+@pytest.mark.parametrize("flavor", ["binary", "multiclass"])
+def test_a_classifier_refuses_a_label_of_another_kind(river_client, flavor):
+    """A Hoeffding tree that learned ``true`` and then ``"x"`` raised on every later call (river sorts classes)."""
+    from river import tree
+
+    river_client.upload_model(tree.HoeffdingTreeClassifier(), flavor, "t")
+    river_client.learn("t", {"a": 1}, ground_truth=True)
+    with pytest.raises(InvalidInput, match="has learned boolean labels"):
+        river_client.learn("t", {"a": 2}, ground_truth="x")
+    with pytest.raises(InvalidInput, match="has learned boolean labels") as refused:
+        river_client.learn_many("t", [{"features": {"a": 3}, "ground_truth": False},
+                                      {"features": {"a": 4}, "ground_truth": 7}])
+    assert refused.value.row == 1
+    predicted = river_client.predict("t", {"a": 5}, identifier="p")
+    with pytest.raises(InvalidInput, match="has learned boolean labels"):
+        river_client.label("no", "p", "t")
+    river_client.learn("t", {"a": 6}, ground_truth=False)  # the model still learns and predicts
+    assert river_client.predict("t", {"a": 5})["prediction"] is not None and predicted
+
+
+def test_the_kind_of_labels_survives_snapshots_and_other_workers(river_client, settings):
+    """Every replica (another worker, one rebuilt from a snapshot) refuses the same labels."""
+    from river import tree
+
+    settings.DJANGO_RIVER_ML = {**getattr(settings, "DJANGO_RIVER_ML", {}), "SNAPSHOT_EVERY": 2}
+    river_client.upload_model(tree.HoeffdingTreeClassifier(), "multiclass", "t")
+    river_client.learn_many("t", [{"features": {"a": i}, "ground_truth": f"c{i % 2}"} for i in range(3)])
+    river_client.learn("t", {"a": 9}, ground_truth="c0")  # entry 2: snapshotted
+    other_worker = DjangoClient(store=river_client.store)
+    with pytest.raises(InvalidInput, match="has learned string labels"):
+        other_worker.learn("t", {"a": 1}, ground_truth=1)
