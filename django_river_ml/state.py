@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -38,6 +39,17 @@ CATCH_UP_FACTOR = 3
 # How far back (in entries) a snapshot remembers which rejected entries it skipped.
 RETRACT_WINDOW = 100_000
 SKIPPED_KEPT = 10_000
+# Shipping (see ModelRegistry._worth_shipping): a batch of at least SHIP_MIN_ROWS examples is shipped
+# when applying it should cost SHIP_FACTOR times writing and loading a snapshot (or before the replica
+# has timed an example).
+SHIP_FACTOR = 4
+SHIP_MIN_ROWS = 16
+# A replica waits for a shipped entry's snapshot this many times the appender's estimate, plus the margin.
+SHIP_WAIT_FACTOR = 2
+SHIP_WAIT_MARGIN_SECONDS = 0.05
+SHIP_POLL_SECONDS = 0.002
+# Weight of the newest measure in a replica's running estimate of the time one example takes.
+ROW_TIME_ALPHA = 0.2
 
 
 def pickled(obj: Any) -> bytes:
@@ -89,6 +101,10 @@ class Replica:
     skipped_from: int = 0
     # The kind of label a classifier has learned ("boolean", "number" or "string"): the first fixes it.
     labels: str | None = None
+    # What this replica measured, to choose between replaying an entry and loading a snapshot.
+    row_seconds: float | None = None  # applying one example (running estimate)
+    load_seconds: float = 0.0  # loading a snapshot
+    dump_seconds: float | None = None  # writing one
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def applied(self, seq: int) -> bool | None:
@@ -178,6 +194,9 @@ class ModelRegistry:
             if replica.growth.full:  # full stays full: refuse before writing to the log
                 raise model_full(replica)
             entry = make_entry(replica.flavor)
+            expected = self._worth_shipping(replica, entry)
+            if expected is not None:
+                entry["ship"] = expected
             # Holding the replica's lock from the append on, no other thread of this
             # process applies the entry first: its outcome is ours to report.
             with replica.lock:
@@ -188,7 +207,8 @@ class ModelRegistry:
                     continue
                 outcome = self._advance(replica, seq, watch=seq)
                 outcome.incarnation = replica.incarnation
-                if outcome.error is None and seq % river_settings.SNAPSHOT_EVERY == 0:
+                if outcome.error is None and replica.seq == seq and (
+                        "ship" in entry or seq % river_settings.SNAPSHOT_EVERY == 0):
                     self._snapshot(replica)
             if outcome.error is not None:
                 error, row = outcome.error, None
@@ -207,6 +227,41 @@ class ModelRegistry:
         raise ModelNotFound(f"No model named {name!r}.")
 
     # Internals -------------------------------------------------------------
+
+    @staticmethod
+    def _worth_shipping(replica: Replica, entry: dict) -> float | None:
+        """Seconds this entry should take to apply, if that is worth a snapshot right after it (else None).
+
+        Every replica applies every entry it serves, so on one host N workers would spend N
+        times the learning CPU on a batch. A shipped entry is applied once: its appender writes
+        a snapshot right after it, and the other replicas load that snapshot instead of replaying
+        the entry (waiting for it while the appender is still applying). Worth it when the entry
+        costs several times a snapshot's dump + load: batches of small models, not single learns.
+        """
+        rows = entry_rows(entry)
+        if rows < SHIP_MIN_ROWS:  # single calls stay one store write
+            return None
+        if replica.row_seconds is None:
+            return 0.0
+        expected = rows * replica.row_seconds
+        snapshot = (replica.dump_seconds if replica.dump_seconds is not None else 2 * replica.load_seconds)
+        return expected if expected > SHIP_FACTOR * (snapshot + replica.load_seconds) else None
+
+    def _load_shipped(self, replica: Replica, seq: int, expected: float, watch: int | None) -> bool:
+        """Catch up past shipped entry ``seq`` from its snapshot, once its appender wrote it; False: replay it.
+
+        With ``watch`` (this replica's own entry, still to apply), only a snapshot from before it will do.
+        """
+        at_most = None if watch is None else watch - 1
+        deadline = time.monotonic() + SHIP_WAIT_FACTOR * expected + SHIP_WAIT_MARGIN_SECONDS
+        while True:
+            found = self.store.snapshot_seq(replica.incarnation, at_most)
+            if found is not None and found >= seq:
+                self._rebuild(replica, at_most)
+                return replica.seq >= seq
+            if time.monotonic() > deadline:  # its appender is slow, or gone: replay it here
+                return False
+            time.sleep(SHIP_POLL_SECONDS)
 
     def _retract(self, name: str, replica: Replica, seq: int) -> None:
         """Tell every replica that entry ``seq`` is rejected: one that applied it meanwhile rolls back.
@@ -231,13 +286,18 @@ class ModelRegistry:
             self._replicas[info.name] = replica
         return replica
 
-    def _rebuild(self, replica: Replica) -> None:
-        """Reload ``replica`` in place from its newest snapshot (entries are replayed by the caller)."""
-        snapshot = self.store.latest_snapshot(replica.incarnation)
+    def _rebuild(self, replica: Replica, at_most: int | None = None) -> None:
+        """Reload ``replica`` in place from its newest snapshot (``at_most``: from before that entry, if
+        one is left); the caller replays the entries after it."""
+        started = time.perf_counter()
+        snapshot = self.store.latest_snapshot(replica.incarnation, at_most)
+        if snapshot is None and at_most is not None:
+            snapshot = self.store.latest_snapshot(replica.incarnation)
         if snapshot is None:
             raise ModelNotFound(f"No model named {replica.name!r}.")
         seq, data = snapshot
         state = load_state(data)
+        replica.load_seconds = time.perf_counter() - started
         skipped = state.get("skipped") or {"seqs": [], "from": seq}
         replica.seq, replica.model, replica.metrics = seq, state["model"], state["metrics"]
         replica.growth = GrowthWatch.from_dict(state.get("growth"), seq)
@@ -251,7 +311,7 @@ class ModelRegistry:
             entries = self.store.entries(replica.incarnation, replica.seq, upto)
             if not entries or entries[0].seq != replica.seq + 1:
                 # The log before the newest snapshots was trimmed: start from a snapshot.
-                self._rebuild(replica)
+                self._rebuild(replica, None if watch is None else watch - 1)
                 entries = self.store.entries(replica.incarnation, replica.seq, upto)
             if replica.seq < upto and (not entries or entries[0].seq != replica.seq + 1
                                        or entries[-1].seq != upto or len(entries) != upto - replica.seq):
@@ -264,6 +324,9 @@ class ModelRegistry:
                     replica.skipped.add(entry.seq)
                     continue
                 data = pickle.loads(entry.data)  # noqa: S301 - our log
+                if ("ship" in data and entry.seq != watch
+                        and self._load_shipped(replica, entry.seq, data["ship"], watch)):
+                    break  # caught up from the snapshot written after it: read on from there
                 if data.get("op") == "retract":
                     if self._undo_if_applied(replica, data["seq"]):
                         break  # rebuilt from a snapshot without the retracted entry: read on from there
@@ -281,9 +344,13 @@ class ModelRegistry:
                     # Only the worker that appended an entry may reject it for running long (see
                     # _retract); catching up on others' entries gets more time, and never rejects.
                     factor = 1 if entry.seq == watch else CATCH_UP_FACTOR
-                    seconds = batch_limit(len(data.get("rows") or data.get("xs") or ()))
-                    prediction = run_limited(seconds * factor, self._apply, replica, data,
+                    rows = entry_rows(data)
+                    started = time.perf_counter()
+                    prediction = run_limited(batch_limit(rows) * factor, self._apply, replica, data,
                                              memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES * factor)
+                    row_seconds = (time.perf_counter() - started) / rows
+                    replica.row_seconds = row_seconds if replica.row_seconds is None else (
+                        ROW_TIME_ALPHA * row_seconds + (1 - ROW_TIME_ALPHA) * replica.row_seconds)
                 except Exception as error:  # the model raised or ran over a limit: reject, rebuild here
                     # Half-applied until rebuilt: if the store fails before that, the next advance
                     # finds no entry after -1 and starts from a snapshot.
@@ -313,6 +380,10 @@ class ModelRegistry:
                     replica.seq = -1
                     self._rebuild(replica)
                     break
+        if watch is not None and outcome.error is None and replica.applied(watch) is False:
+            # Another worker judged this replica's own entry first (caught up from a snapshot past it).
+            outcome.error = model_full(replica) if replica.growth.full else RejectedElsewhere(
+                "another worker found that the model raises on it")
         if len(replica.skipped) > 2 * SKIPPED_KEPT:
             replica.skipped_from = max(replica.skipped_from, replica.seq - RETRACT_WINDOW)
             replica.skipped = {seq for seq in replica.skipped if seq > replica.skipped_from}
@@ -375,18 +446,22 @@ class ModelRegistry:
 
     def _snapshot(self, replica: Replica) -> None:
         try:
-            self.store.save_snapshot(
-                replica.name, replica.incarnation, replica.seq,
-                run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
-                            self._skipped_record(replica), replica.labels),
-                keep=river_settings.SNAPSHOTS_KEPT,
-            )
+            started = time.perf_counter()
+            data = run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
+                               self._skipped_record(replica), replica.labels)
+            replica.dump_seconds = time.perf_counter() - started
+            self.store.save_snapshot(replica.name, replica.incarnation, replica.seq, data,
+                                     keep=river_settings.SNAPSHOTS_KEPT)
         except Exception:  # a missed snapshot only lengthens the next replay
             logger.exception("Could not snapshot model %s at %s", replica.name, replica.seq)
 
 
 #: Entries that only predict (logged for flavors whose models change when they predict).
 PREDICTIONS = frozenset({"predict", "predict_many"})
+
+
+class RejectedElsewhere(Exception):
+    """An entry another replica applied first, and rejected."""
 
 
 class RowFailed(Exception):
@@ -427,6 +502,11 @@ def each_row(function: Callable[[Any], Any], rows: list) -> list:
 
 #: A batch gets CALL_TIME_LIMIT_SECONDS (and each worker's catching-up margin) per this many examples.
 EXAMPLES_PER_TIME_LIMIT = 1000
+
+
+def entry_rows(entry: dict) -> int:
+    """How many examples a log entry applies (a batch's, else one)."""
+    return max(len(entry.get("rows") or entry.get("xs") or ()), 1)
 
 
 def batch_limit(examples: int) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+from unittest.mock import ANY
 
 import pytest
 from river import base, linear_model, preprocessing
@@ -221,3 +222,81 @@ def test_a_log_with_a_hole_is_reported_not_replayed_forever(settings, tmp_path, 
     store.db.execute("DELETE FROM log WHERE incarnation = ? AND seq = ?", (incarnation, missing))
     with pytest.raises(ModelNotFound, match="incomplete"):
         DjangoClient(store=store).predict("holey", examples("regression", 1)[0][0])
+
+
+# Shipping: a batch is applied once per host, not once per worker (see ModelRegistry._worth_shipping).
+
+def count_applied(monkeypatch) -> dict:
+    """Examples applied by each registry (by id), counted around ModelRegistry._apply."""
+    import django_river_ml.state as state
+
+    applied: dict[int, int] = {}
+    real = ModelRegistry._apply
+
+    def counting(replica, entry):
+        registry = counting.registry_of.get(id(replica), 0)
+        applied[registry] = applied.get(registry, 0) + state.entry_rows(entry)
+        return real(replica, entry)
+
+    counting.registry_of = {}
+    monkeypatch.setattr(ModelRegistry, "_apply", staticmethod(counting))
+    return applied, counting.registry_of
+
+
+def batch(n: int, start: int = 0) -> list[dict]:
+    return [{"features": x, "ground_truth": y} for x, y in examples("regression", start + n)[start:]]
+
+
+def test_a_batch_is_applied_once_and_shipped_to_other_workers(backend, monkeypatch):
+    first, second = worker(), worker()
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "shipped")
+    x0 = examples("regression")[0][0]
+    second.predict("shipped", x0)
+    applied, registry_of = count_applied(monkeypatch)
+    registry_of[id(first.registry.replica("shipped"))] = 1
+    registry_of[id(second.registry.replica("shipped"))] = 2
+    first.learn_many("shipped", batch(40))  # applied by the first worker, which snapshots right after it
+    second.learn_many("shipped", batch(40, 40))  # the second loads that snapshot, then applies its own
+    assert applied == {1: 40, 2: 40}
+    assert second.predict("shipped", x0) == {**first.predict("shipped", x0), "identifier": ANY}
+    assert second.metrics("shipped") == first.metrics("shipped")
+    one_by_one = worker()
+    one_by_one.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "single")
+    for example in batch(80):
+        one_by_one.learn("single", example["features"], ground_truth=example["ground_truth"])
+    assert one_by_one.metrics("single") == first.metrics("shipped")
+    assert one_by_one.predict("single", x0)["prediction"] == first.predict("shipped", x0)["prediction"]
+
+
+def test_a_shipped_batch_whose_appender_died_is_replayed_after_a_wait(backend):
+    """The entry is in the log (acknowledged or not), its snapshot never comes: others replay it."""
+    import django_river_ml.state as state
+
+    first, second = worker(), worker()
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "orphan")
+    store = first.store
+    incarnation = store.model_info("orphan").incarnation
+    rows = [{"x": e["features"], "y": e["ground_truth"]} for e in batch(30)]
+    store.append("orphan", incarnation, pickle.dumps({"op": "learn_many", "rows": rows, "ship": 0.0}))
+    x0 = examples("regression")[0][0]
+    predicted = second.predict("orphan", x0)["prediction"]
+    assert second.registry.replica("orphan").seq == 1
+    reference = worker()
+    reference.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "ref")
+    reference.learn_many("ref", batch(30))
+    assert predicted == reference.predict("ref", x0)["prediction"]
+    assert state.SHIP_WAIT_MARGIN_SECONDS < 1  # what the orphan cost the second worker, at most
+
+
+def test_a_shipped_batch_that_raises_is_rejected_everywhere(backend):
+    first, second = worker(), worker()
+    first.upload_model(fragile_pipeline(), "custom", "fragile")
+    second.predict("fragile", {"a": 1.0})
+    bad = [{"features": {"a": float(i)}, "ground_truth": 1.0} for i in range(20)] + [
+        {"features": {"boom": 1.0}, "ground_truth": 1.0}]
+    with pytest.raises(ModelFailed) as refused:
+        first.learn_many("fragile", bad)
+    assert refused.value.row == 20
+    first.learn_many("fragile", bad[:20])
+    assert state_of(second, "fragile") == state_of(first, "fragile")
+    assert state_of(first, "fragile")[1] == 20

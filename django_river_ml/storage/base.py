@@ -143,8 +143,12 @@ class Store(abc.ABC):
         """Store a snapshot; keep the newest ``keep`` and trim the log they no longer need."""
 
     @abc.abstractmethod
-    def latest_snapshot(self, incarnation: str) -> tuple[int, bytes] | None:
-        """(sequence, bytes) of the newest snapshot."""
+    def latest_snapshot(self, incarnation: str, at_most: int | None = None) -> tuple[int, bytes] | None:
+        """(sequence, bytes) of the newest snapshot (with ``at_most``: of sequence ``at_most`` or lower)."""
+
+    @abc.abstractmethod
+    def snapshot_seq(self, incarnation: str, at_most: int | None = None) -> int | None:
+        """The sequence of :meth:`latest_snapshot` without its bytes (a cheap look-up to wait on)."""
 
     # Identifiers -----------------------------------------------------------
 

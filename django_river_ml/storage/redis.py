@@ -307,13 +307,20 @@ class RedisStore(Store):
             args=[incarnation, seq, data, keep],
         )
 
-    def latest_snapshot(self, incarnation):
-        newest = self._call(self.redis.zrevrange, self.key("snapshots", incarnation), 0, 0)
-        if not newest:
-            return None
-        seq = int(newest[0])
-        data = self._call(self.redis.get, self.key("snapshot", incarnation, seq))
-        return None if data is None else (seq, data)
+    def latest_snapshot(self, incarnation, at_most=None):
+        for _ in range(3):  # a snapshot trimmed between the two reads: look again
+            seq = self.snapshot_seq(incarnation, at_most)
+            if seq is None:
+                return None
+            data = self._call(self.redis.get, self.key("snapshot", incarnation, seq))
+            if data is not None:
+                return seq, data
+        return None
+
+    def snapshot_seq(self, incarnation, at_most=None):
+        newest = self._call(self.redis.zrevrangebyscore, self.key("snapshots", incarnation),
+                            "+inf" if at_most is None else at_most, "-inf", start=0, num=1)
+        return int(newest[0]) if newest else None
 
     # Identifiers
 

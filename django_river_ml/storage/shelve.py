@@ -95,6 +95,8 @@ MODEL_COLUMNS = "name, flavor, incarnation, head, created, owner, shared_users, 
 
 # Expired identifiers are swept on one insert in this many.
 SWEEP_EVERY = 256
+# Above every sequence number (SQLite integers are 64-bit).
+_MAX_SEQ = 2**63 - 1
 
 
 class ShelveStore(Store):
@@ -226,11 +228,19 @@ class ShelveStore(Store):
             db.execute("DELETE FROM snapshots WHERE incarnation = ? AND seq < ?", (incarnation, oldest))
             db.execute("DELETE FROM log WHERE incarnation = ? AND seq <= ?", (incarnation, oldest))
 
-    def latest_snapshot(self, incarnation):
+    def latest_snapshot(self, incarnation, at_most=None):
         row = self.db.execute(
-            "SELECT seq, data FROM snapshots WHERE incarnation = ? ORDER BY seq DESC LIMIT 1", (incarnation,)
+            "SELECT seq, data FROM snapshots WHERE incarnation = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
+            (incarnation, _MAX_SEQ if at_most is None else at_most),
         ).fetchone()
         return (row[0], row[1]) if row else None
+
+    def snapshot_seq(self, incarnation, at_most=None):
+        row = self.db.execute(
+            "SELECT MAX(seq) FROM snapshots WHERE incarnation = ? AND seq <= ?",
+            (incarnation, _MAX_SEQ if at_most is None else at_most),
+        ).fetchone()
+        return row[0] if row else None
 
     # Identifiers
 
