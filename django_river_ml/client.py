@@ -20,8 +20,6 @@ Who may do what with a model is decided here too, by :mod:`django_river_ml.acces
 
 from __future__ import annotations
 
-import logging
-import math
 import pickle
 import time
 import uuid
@@ -30,7 +28,7 @@ from typing import Any, Callable
 
 import river
 
-from django_river_ml import access, events
+from django_river_ml import access, callstats, events
 from django_river_ml.access import Caller
 from django_river_ml.describe import describe_model, to_jsonable
 from django_river_ml.exceptions import (
@@ -46,7 +44,6 @@ from django_river_ml.exceptions import (
     PayloadTooLarge,
     QuotaExceeded,
     RiverMLError,
-    StorageUnavailable,
 )
 from django_river_ml.flavors import BoundModel, get_flavor
 from django_river_ml.names import generate_name, validate_name
@@ -481,6 +478,7 @@ class DjangoClient:
     def stats(self, model_name: str) -> dict:
         """Call counts and durations, aggregated over every worker in the store."""
         self._info(model_name)
+        callstats.flush(self.store)  # this process's own calls are in what it reads
         recorded = self.store.call_stats(model_name)
         result = {}
         for operation in STAT_OPERATIONS:
@@ -659,10 +657,6 @@ class DjangoClient:
                                   river_settings.IDENTIFIER_TTL_SECONDS, river_settings.MAX_PENDING_IDENTIFIERS)
 
     def _finish(self, operation: str, model_name: str, incarnation: str, started: int, event: dict) -> None:
-        duration = time.perf_counter_ns() - started
-        try:
-            self.store.record_call(model_name, operation, duration, float(river_settings.STATS_EWM_ALPHA))
-        except StorageUnavailable:  # the call itself happened: a lost timing must not report it failed
-            logging.getLogger(__name__).warning("Could not count a %s call of %s in its stats", operation, model_name)
+        callstats.count(self.store, model_name, incarnation, operation, time.perf_counter_ns() - started)
         events.emit(operation, event, incarnation=incarnation)
 

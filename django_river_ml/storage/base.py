@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from django_river_ml.callstats import Tally
 
 
 #: ``create_model(expect=ANY)`` replaces whatever model has the name (or none).
@@ -169,8 +173,11 @@ class Store(abc.ABC):
     # Stats -----------------------------------------------------------------
 
     @abc.abstractmethod
-    def record_call(self, name: str, operation: str, duration_ns: int, alpha: float) -> None:
-        """Count one call and fold its duration into the total and the EWM."""
+    def record_calls(self, name: str, incarnation: str, operation: str, tally: Tally) -> None:
+        """Add a process's calls of one operation to the model's stats (see :mod:`django_river_ml.callstats`).
+
+        Only while ``incarnation`` is the model's: calls of a deleted or replaced model are dropped.
+        """
 
     @abc.abstractmethod
     def call_stats(self, name: str) -> dict[str, CallStats]:

@@ -108,16 +108,15 @@ redis.call('XADD', KEYS[2], seq .. '-1', 'd', ARGV[2])
 return seq
 """
 
-RECORD_CALL = """
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':n', 1)
-redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':total', ARGV[2])
-local ewm = tonumber(ARGV[2])
-if n > 1 then
-    local alpha = tonumber(ARGV[3])
-    ewm = alpha * ewm + (1 - alpha) * tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':ewm'))
-end
-redis.call('HSET', KEYS[1], ARGV[1] .. ':ewm', tostring(ewm))
-return n
+RECORD_CALLS = """
+if redis.call('HGET', KEYS[2], 'incarnation') ~= ARGV[1] then return 0 end
+local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2] .. ':n') or '0')
+redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':n', ARGV[3])
+redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':total', ARGV[4])
+local start = tonumber(ARGV[5])
+if before > 0 then start = tonumber(redis.call('HGET', KEYS[1], ARGV[2] .. ':ewm')) end
+redis.call('HSET', KEYS[1], ARGV[2] .. ':ewm', tostring(tonumber(ARGV[6]) * start + tonumber(ARGV[7])))
+return 1
 """
 
 SAVE_SNAPSHOT = """
@@ -150,7 +149,7 @@ class RedisStore(Store):
         self._set_access = client.register_script(SET_ACCESS)
         self._put_identifier = client.register_script(PUT_IDENTIFIER)
         self._append = client.register_script(APPEND)
-        self._record_call = client.register_script(RECORD_CALL)
+        self._record_calls = client.register_script(RECORD_CALLS)
         self._save_snapshot = client.register_script(SAVE_SNAPSHOT)
 
     @classmethod
@@ -341,8 +340,10 @@ class RedisStore(Store):
 
     # Stats
 
-    def record_call(self, name, operation, duration_ns, alpha):
-        self._call(self._record_call, keys=[self.key("stats", name)], args=[operation, int(duration_ns), alpha])
+    def record_calls(self, name, incarnation, operation, tally):
+        self._call(self._record_calls, keys=[self.key("stats", name), self.key("model", name)],
+                   args=[incarnation, operation, tally.calls, tally.total_ns, tally.first_ns, repr(tally.decay),
+                         repr(tally.add)])
 
     def call_stats(self, name):
         fields = {k.decode(): v for k, v in self._call(self.redis.hgetall, self.key("stats", name)).items()}

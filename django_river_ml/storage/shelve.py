@@ -291,17 +291,22 @@ class ShelveStore(Store):
 
     # Stats
 
-    def record_call(self, name, operation, duration_ns, alpha):
+    def record_calls(self, name, incarnation, operation, tally):
         with self._write() as db:
+            row = db.execute("SELECT 1 FROM models WHERE name = ? AND incarnation = ?", (name, incarnation)).fetchone()
+            if row is None:
+                return
+            stored = db.execute("SELECT ewm_ns FROM call_stats WHERE name = ? AND operation = ?",
+                                (name, operation)).fetchone()
             db.execute(
                 """
-                INSERT INTO call_stats (name, operation, n_calls, total_ns, ewm_ns) VALUES (?, ?, 1, ?, ?)
+                INSERT INTO call_stats (name, operation, n_calls, total_ns, ewm_ns) VALUES (?, ?, ?, ?, ?)
                 ON CONFLICT (name, operation) DO UPDATE SET
-                    n_calls = n_calls + 1,
+                    n_calls = n_calls + excluded.n_calls,
                     total_ns = total_ns + excluded.total_ns,
-                    ewm_ns = ? * excluded.total_ns + (1 - ?) * ewm_ns
+                    ewm_ns = excluded.ewm_ns
                 """,
-                (name, operation, duration_ns, float(duration_ns), alpha, alpha),
+                (name, operation, tally.calls, tally.total_ns, tally.folded_into(stored[0] if stored else None)),
             )
 
     def call_stats(self, name):
