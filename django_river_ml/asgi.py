@@ -66,8 +66,15 @@ class SyncFirstASGIHandler(ASGIHandler):
 
 
 def get_asgi_application() -> SyncFirstASGIHandler:
-    """Like ``django.core.asgi.get_asgi_application``, with :class:`SyncFirstASGIHandler`."""
+    """Like ``django.core.asgi.get_asgi_application``, with :class:`SyncFirstASGIHandler`.
+
+    The worker then warms up in the background (see :mod:`django_river_ml.warmup`).
+    """
     import django
 
     django.setup(set_prefix=False)
-    return SyncFirstASGIHandler()
+    handler = SyncFirstASGIHandler()
+    from django_river_ml import warmup
+
+    warmup.start()
+    return handler

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ class Tally:
     first_ns: int = 0  # the first call's duration: the mean of a model without calls yet starts there
     decay: float = 1.0  # (1 - alpha) ** calls
     add: float = 0.0  # sum of alpha * (1 - alpha) ** (calls - i) * duration_i
+    last_at: float = 0.0  # when the last call ended (time.time(): which models were used last)
 
     def count(self, duration_ns: int, alpha: float) -> None:
         if not self.calls:
@@ -49,11 +51,12 @@ class Tally:
         self.total_ns += duration_ns
         self.decay *= 1 - alpha
         self.add = (1 - alpha) * self.add + alpha * duration_ns
+        self.last_at = time.time()
 
     def then(self, later: Tally) -> Tally:
         """This tally followed by ``later`` (a write that failed is retried with the newer calls)."""
         return Tally(self.calls + later.calls, self.total_ns + later.total_ns, self.first_ns,
-                     self.decay * later.decay, self.add * later.decay + later.add)
+                     self.decay * later.decay, self.add * later.decay + later.add, max(self.last_at, later.last_at))
 
     def folded_into(self, ewm_ns: float | None) -> float:
         """The mean after these calls, from ``ewm_ns`` (None: the model had no calls)."""
@@ -75,8 +78,12 @@ class CallStatsBuffer:
                 tally = self._tallies[(name, incarnation, operation)] = Tally()
             tally.count(duration_ns, float(river_settings.STATS_EWM_ALPHA))
 
-    def flush(self) -> None:
-        """Write the tallies; those the store refuses now are kept for the next flush."""
+    def flush(self, last: bool = False) -> None:
+        """Write the tallies; those the store refuses now are kept for the next flush.
+
+        ``last``: the process is exiting; a store that fails once is not tried again (each try
+        could wait for a connection timeout).
+        """
         store = self._store()
         with self._lock:
             tallies, self._tallies = self._tallies, {}
@@ -87,6 +94,8 @@ class CallStatsBuffer:
             try:
                 store.record_calls(name, incarnation, operation, tally)
             except Exception as error:  # noqa: BLE001 - counts wait for the store, requests never do
+                if last:
+                    return
                 failed[(name, incarnation, operation)] = tally
                 logger.warning("Could not write the call stats of %s yet: %s", name, error)
         if failed:
@@ -149,5 +158,13 @@ def _write_every_interval() -> None:
             logger.exception("Could not write call stats")
 
 
-# A graceful stop (gunicorn's SIGTERM, Ctrl-C) writes what the process holds.
-atexit.register(flush)
+def _flush_at_exit() -> None:
+    """A graceful stop (gunicorn's SIGTERM, Ctrl-C) writes what the process holds."""
+    for buffer in list(_buffers.values()):
+        try:
+            buffer.flush(last=True)
+        except Exception:  # noqa: BLE001, S110 - nothing is left to report to at exit
+            pass
+
+
+atexit.register(_flush_at_exit)

@@ -20,6 +20,7 @@ import pickle
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -50,6 +51,10 @@ SHIP_WAIT_MARGIN_SECONDS = 0.05
 SHIP_POLL_SECONDS = 0.002
 # Weight of the newest measure in a replica's running estimate of the time one example takes.
 ROW_TIME_ALPHA = 0.2
+# A model in memory takes about this many times its size as stored (measured: river's Hoeffding trees
+# 5-6x, linear pipelines 3-4x); REPLICA_MEMORY_BYTES is spent by this estimate (walking the objects
+# to count them would cost more than loading the model).
+MEMORY_PER_STORED_BYTE = 5
 
 
 def pickled(obj: Any) -> bytes:
@@ -101,6 +106,7 @@ class Replica:
     skipped_from: int = 0
     # The kind of label a classifier has learned ("boolean", "number" or "string"): the first fixes it.
     labels: str | None = None
+    stored_bytes: int = 0  # the size of its newest snapshot: what it costs in memory (see REPLICA_MEMORY_BYTES)
     # What this replica measured, to choose between replaying an entry and loading a snapshot.
     row_seconds: float | None = None  # applying one example (running estimate)
     load_seconds: float = 0.0  # loading a snapshot
@@ -126,12 +132,30 @@ class Outcome:
 
 
 class ModelRegistry:
-    """The replicas of one process, bound to one store."""
+    """The replicas of one process, bound to one store.
+
+    It keeps the replicas it served last, up to REPLICA_MEMORY_BYTES (estimated from their size
+    as stored); the least recently used beyond that are dropped, and loaded again from their
+    newest snapshot when they are served again.
+    """
 
     def __init__(self, store: Store):
         self.store = store
-        self._replicas: dict[str, Replica] = {}
+        self._replicas: OrderedDict[str, Replica] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _kept(self, name: str) -> Replica | None:
+        """The replica kept for ``name``, now the most recently used."""
+        with self._lock:
+            replica = self._replicas.get(name)
+            if replica is not None:
+                self._replicas.move_to_end(name)
+            return replica
+
+    def replica_names(self) -> list[str]:
+        """The models this process holds a replica of, least recently used first."""
+        with self._lock:
+            return list(self._replicas)
 
     # Reading ---------------------------------------------------------------
 
@@ -141,7 +165,7 @@ class ModelRegistry:
         if info is None:
             self.forget(name)
             raise ModelNotFound(f"No model named {name!r}.")
-        replica = self._replicas.get(name)
+        replica = self._kept(name)
         if replica is None or replica.incarnation != info.incarnation:
             replica = self._load(info)
         with replica.lock:
@@ -185,7 +209,7 @@ class ModelRegistry:
         model takes the entry (the one whose access the caller checked).
         """
         for _ in range(3):
-            replica = self._replicas.get(name)
+            replica = self._kept(name)
             if replica is None or (incarnation is not None and replica.incarnation != incarnation):
                 info = self.store.model_info(name)
                 if info is None or (incarnation is not None and info.incarnation != incarnation):
@@ -284,7 +308,24 @@ class ModelRegistry:
             if current is not None and current.incarnation == info.incarnation and current.seq >= seq:
                 return current
             self._replicas[info.name] = replica
+            self._replicas.move_to_end(info.name)
+            self._evict(keep=info.name)
         return replica
+
+    def _evict(self, keep: str) -> None:
+        """Drop the least recently used replicas beyond REPLICA_MEMORY_BYTES (call under ``_lock``).
+
+        A request still holding a dropped replica finishes with it; the next one loads a new one.
+        """
+        budget = river_settings.REPLICA_MEMORY_BYTES
+        if not budget:
+            return
+        held = sum(replica.stored_bytes for replica in self._replicas.values()) * MEMORY_PER_STORED_BYTE
+        for name in list(self._replicas):
+            if held <= budget:
+                break
+            if name != keep:
+                held -= self._replicas.pop(name).stored_bytes * MEMORY_PER_STORED_BYTE
 
     def _rebuild(self, replica: Replica, at_most: int | None = None) -> None:
         """Reload ``replica`` in place from its newest snapshot (``at_most``: from before that entry, if
@@ -298,6 +339,7 @@ class ModelRegistry:
         seq, data = snapshot
         state = load_state(data)
         replica.load_seconds = time.perf_counter() - started
+        replica.stored_bytes = len(data)
         skipped = state.get("skipped") or {"seqs": [], "from": seq}
         replica.seq, replica.model, replica.metrics = seq, state["model"], state["metrics"]
         replica.growth = GrowthWatch.from_dict(state.get("growth"), seq)

@@ -300,3 +300,50 @@ def test_a_shipped_batch_that_raises_is_rejected_everywhere(backend):
     first.learn_many("fragile", bad[:20])
     assert state_of(second, "fragile") == state_of(first, "fragile")
     assert state_of(first, "fragile")[1] == 20
+
+
+def test_replicas_beyond_the_memory_budget_are_dropped_least_recently_used_first(backend, settings):
+    import django_river_ml.state as state
+
+    client = worker()
+    for name in ("a", "b", "c", "d"):
+        client.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", name)
+    rows = examples("regression", 10)
+    client.learn("a", *rows[0])
+    stored = client.registry.replica("a").stored_bytes
+    settings.DJANGO_RIVER_ML = {**getattr(settings, "DJANGO_RIVER_ML", {}),
+                                "REPLICA_MEMORY_BYTES": int(2.5 * stored * state.MEMORY_PER_STORED_BYTE)}
+    for x, y in rows:
+        client.learn("a", x, ground_truth=y)
+    for name in ("b", "c", "a", "d"):
+        client.predict(name, rows[0][0])
+    assert client.registry.replica_names() == ["a", "d"]  # b and c went first; a was used after them
+    expected = worker().predict("b", rows[1][0])["prediction"]
+    assert client.predict("b", rows[1][0])["prediction"] == expected  # loaded again, as it was
+    assert client.registry.replica_names() == ["d", "b"]
+    client.learn("c", *rows[2])  # a learn reloads too
+    assert client.registry.replica_names() == ["b", "c"]
+    assert client.metrics("a") == worker().metrics("a")  # a's learns live in the store, not in the dropped replica
+
+
+def test_a_starting_worker_loads_the_models_called_most_recently(backend, settings):
+    import gc
+
+    from django_river_ml import warmup
+    from django_river_ml.state import get_registry
+
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "STATS_FLUSH_SECONDS": 0}  # in the store at once
+    client = DjangoClient()
+    for name in ("old", "newer", "newest"):
+        client.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", name)
+    for name in ("old", "newer", "newest"):
+        client.learn(name, *examples("regression", 1)[0])
+    client.delete_model("newer")
+    registry = get_registry()
+    for name in registry.replica_names():
+        registry.forget(name)
+    try:
+        assert warmup.warm(limit=3) == ["newest", "old"]  # the deleted one is skipped
+    finally:
+        gc.unfreeze()
+    assert registry.replica_names() == ["newest", "old"]

@@ -180,6 +180,10 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def recent_models(self, limit: int) -> list[str]:
+        """Names of the models called most recently, newest first (those a starting worker loads first)."""
+
+    @abc.abstractmethod
     def call_stats(self, name: str) -> dict[str, CallStats]:
         """Stats per operation name."""
 

@@ -116,6 +116,9 @@ redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':total', ARGV[4])
 local start = tonumber(ARGV[5])
 if before > 0 then start = tonumber(redis.call('HGET', KEYS[1], ARGV[2] .. ':ewm')) end
 redis.call('HSET', KEYS[1], ARGV[2] .. ':ewm', tostring(tonumber(ARGV[6]) * start + tonumber(ARGV[7])))
+local used = redis.call('ZSCORE', KEYS[3], ARGV[9])
+if not used or tonumber(used) < tonumber(ARGV[8]) then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[9]) end
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1001)
 return 1
 """
 
@@ -341,9 +344,12 @@ class RedisStore(Store):
     # Stats
 
     def record_calls(self, name, incarnation, operation, tally):
-        self._call(self._record_calls, keys=[self.key("stats", name), self.key("model", name)],
+        self._call(self._record_calls, keys=[self.key("stats", name), self.key("model", name), self.key("recent")],
                    args=[incarnation, operation, tally.calls, tally.total_ns, tally.first_ns, repr(tally.decay),
-                         repr(tally.add)])
+                         repr(tally.add), repr(tally.last_at), name])
+
+    def recent_models(self, limit):
+        return [name.decode() for name in self._call(self.redis.zrevrange, self.key("recent"), 0, limit - 1)]
 
     def call_stats(self, name):
         fields = {k.decode(): v for k, v in self._call(self.redis.hgetall, self.key("stats", name)).items()}

@@ -76,6 +76,10 @@ CREATE TABLE IF NOT EXISTS call_stats (
     ewm_ns REAL NOT NULL,
     PRIMARY KEY (name, operation)
 );
+CREATE TABLE IF NOT EXISTS recent_calls (
+    name TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
 
 # Added after the first release: created (and filled in) when an older file is opened.
@@ -178,6 +182,7 @@ class ShelveStore(Store):
         db.execute("DELETE FROM identifiers WHERE name = ?", (name,))
         db.execute("DELETE FROM identifier_counts WHERE name = ?", (name,))
         db.execute("DELETE FROM call_stats WHERE name = ?", (name,))
+        db.execute("DELETE FROM recent_calls WHERE name = ?", (name,))
         if row is None:
             return False
         db.execute("DELETE FROM log WHERE incarnation = ?", row)
@@ -308,6 +313,12 @@ class ShelveStore(Store):
                 """,
                 (name, operation, tally.calls, tally.total_ns, tally.folded_into(stored[0] if stored else None)),
             )
+            db.execute("INSERT INTO recent_calls (name, at) VALUES (?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET at = MAX(at, excluded.at)", (name, tally.last_at))
+
+    def recent_models(self, limit):
+        return [row[0] for row in self.db.execute(
+            "SELECT name FROM recent_calls ORDER BY at DESC LIMIT ?", (limit,))]
 
     def call_stats(self, name):
         rows = self.db.execute("SELECT operation, n_calls, total_ns, ewm_ns FROM call_stats WHERE name = ?", (name,))
@@ -315,7 +326,8 @@ class ShelveStore(Store):
 
     def flush(self):
         with self._write() as db:
-            for table in ("models", "log", "snapshots", "identifiers", "identifier_counts", "call_stats"):
+            for table in ("models", "log", "snapshots", "identifiers", "identifier_counts", "call_stats",
+                          "recent_calls"):
                 db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
 
 
