@@ -70,6 +70,8 @@ class CallStatsBuffer:
         self._store = weakref.ref(store)
         self._tallies: dict[tuple[str, str, str], Tally] = {}
         self._lock = threading.Lock()
+        # One flush at a time: a reader's flush waits for the writer thread's, so it reads every call.
+        self._writing = threading.Lock()
 
     def count(self, name: str, incarnation: str, operation: str, duration_ns: int) -> None:
         with self._lock:
@@ -84,6 +86,10 @@ class CallStatsBuffer:
         ``last``: the process is exiting; a store that fails once is not tried again (each try
         could wait for a connection timeout).
         """
+        with self._writing:
+            self._write(last)
+
+    def _write(self, last: bool) -> None:
         store = self._store()
         with self._lock:
             tallies, self._tallies = self._tallies, {}

@@ -17,7 +17,12 @@ from typing import Any
 
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types; NaN and infinities become null (strict JSON has neither)."""
-    if value is None or isinstance(value, (str, bool)):
+    kind = type(value)
+    if kind is float:  # the usual prediction: no look-up of the numbers ABCs
+        return value if math.isfinite(value) else None
+    if value is None or kind is str or kind is bool or kind is int:
+        return value
+    if isinstance(value, (str, bool)):
         return value
     if isinstance(value, Integral):
         return int(value)

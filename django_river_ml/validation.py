@@ -24,6 +24,8 @@ MAX_IDENTIFIER_LENGTH = 200
 MAX_NESTING = 20
 # The types JSON gives feature values (checked by identity first: a batch checks thousands).
 _PLAIN_TYPES = frozenset({str, int, bool, type(None)})  # float: checked for nan and infinity
+_JSON_TYPES = _PLAIN_TYPES | {float}
+_STR = frozenset({str})
 
 
 def nested_deeper_than(value: Any, limit: int) -> bool:
@@ -44,6 +46,12 @@ def validate_features(features: Any) -> dict:
         raise InvalidInput(f"features must be an object of feature names to values, not {type(features).__name__}.")
     if len(features) > river_settings.MAX_FEATURES:
         raise InvalidInput(f"features has {len(features)} entries; the limit is {river_settings.MAX_FEATURES}.")
+    # The common case in C-level loops (a batch checks thousands); the loop below says what is wrong.
+    values = features.values()
+    kinds = set(map(type, values))
+    if kinds <= _JSON_TYPES and set(map(type, features)) <= _STR and (
+            float not in kinds or all(map(math.isfinite, (v for v in values if type(v) is float)))):
+        return features
     for key, value in features.items():
         if not isinstance(key, str):
             raise InvalidInput(f"Feature names must be strings, not {key!r}.")
