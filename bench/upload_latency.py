@@ -1,52 +1,27 @@
-"""Upload latency through the sandbox, against loading the same bytes in-process (the unsafe baseline).
+"""Upload latency through the sandbox, against loading the same bytes in-process (the unsafe floor).
 
-Run with ``make bench`` (or ``python bench/upload_latency.py`` from the repository root with the
-virtualenv's Python). Prints milliseconds per upload and the ratio to the baseline measured in the same
-run; it asserts nothing.
+In this process (Django set up with the example site's settings, a scratch data directory): the sandbox
+(django_river_ml.sandbox: a confined process that unpickles and tries the upload, and the rebuild from
+its model data here) loads the small model's dill pickle and the ~100 KB tree's pickle,
+``BENCH_UPLOADS`` times each (median), against ``dill.loads`` of the same bytes.
+
+``python -m bench.upload_latency`` runs it alone.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "example_project")]
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+from bench.common import SMALL, Context, Row, big_model_bytes, small_model, trump_rows
 
-import django  # noqa: E402
-
-django.setup()
-
-import dill  # noqa: E402
-from river import datasets, linear_model, preprocessing, tree  # noqa: E402
-
-from django_river_ml.sandbox import Sandbox  # noqa: E402
-
-ROUNDS = 15
+NAME = "upload"
+SERVERS = ()
 
 
-def small_model():
-    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
-    for x, y in datasets.TrumpApproval().take(50):
-        model.learn_one(x, y)
-    return model
-
-
-def tree_of_about(size: int):
-    model = tree.HoeffdingTreeClassifier(grace_period=20)
-    for x, y in datasets.Phishing():
-        model.learn_one(x, y)
-        if len(pickle.dumps(model)) >= size:
-            break
-    return model
-
-
-def timed(function, rounds: int = ROUNDS) -> float:
+def timed(function, rounds: int) -> float:
+    """Median milliseconds of ``function()`` over ``rounds`` calls."""
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
@@ -55,21 +30,46 @@ def timed(function, rounds: int = ROUNDS) -> float:
     return statistics.median(times) * 1000
 
 
-def main() -> None:
+def setup_django(ctx: Context) -> None:
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+        os.environ.setdefault("DJANGO_RIVER_ML_DATA_DIR", str(ctx.scratch / "upload-data"))
+        django.setup()
+
+
+def run(ctx: Context) -> list[Row]:
+    import dill
+
+    setup_django(ctx)
+    from django_river_ml.sandbox import Sandbox
+
+    rounds = ctx.config.uploads
+    model = small_model()
+    for x, y in trump_rows()[:50]:
+        model.learn_one(x, y)
+    cases = {SMALL: (dill.dumps(model), "regression"),
+             f"~{ctx.config.model_bytes // 1000} KB Hoeffding tree": (big_model_bytes(ctx.config.model_bytes),
+                                                                     "regression")}
     sandbox = Sandbox()
-    started = time.perf_counter()
-    sandbox.start()
-    print(f"sandbox start (once per server process): {1000 * (time.perf_counter() - started):.0f} ms")
-    cases = {"small (StandardScaler | LinearRegression)": (small_model(), "regression"),
-             "~100 KB Hoeffding tree": (tree_of_about(100_000), "binary")}
-    print(f"{'model':45s} {'bytes':>8s} {'in-process ms':>14s} {'sandbox ms':>11s} {'ratio':>7s}")
-    for name, (model, flavor) in cases.items():
-        data = dill.dumps(model)
-        baseline = timed(lambda: dill.loads(data))  # noqa: S301 - our own bytes, the unsafe way, to compare
-        sandboxed = timed(lambda: sandbox.load(data, flavor))
-        print(f"{name:45s} {len(data):8d} {baseline:14.2f} {sandboxed:11.1f} {sandboxed / baseline:6.0f}x")
-    sandbox.close()
+    try:
+        started = time.perf_counter()
+        sandbox.start()
+        start_ms = (time.perf_counter() - started) * 1000
+        rows = [Row("sandbox start (once per server process)", start_ms, "ms")]
+        for name, (data, flavor) in cases.items():
+            floor = timed(lambda data=data: dill.loads(data), rounds)  # noqa: S301 - our own bytes, to compare
+            sandboxed = timed(lambda data=data, flavor=flavor: sandbox.load(data, flavor), rounds)
+            rows.append(Row(f"upload load in the sandbox, {name} ({len(data) // 1000} KB)", sandboxed, "ms",
+                            "dill.loads in-process", floor))
+    finally:
+        sandbox.close()
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    from bench.__main__ import main
+
+    main([NAME])

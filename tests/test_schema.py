@@ -14,9 +14,11 @@ from django.core.management import call_command
 from django.urls import URLPattern
 from drf_spectacular.validation import validate_schema
 
-from django_river_ml import urls
+from django_river_ml import schema, urls
 from django_river_ml.flavors import FLAVORS
+from django_river_ml.names import NAME_PATTERN
 from django_river_ml.schema import EXAMPLE_MODEL
+from django_river_ml.validation import MAX_IDENTIFIER_LENGTH
 
 # Routes of the app that are not operations of the River API.
 NOT_OPERATIONS = {"not_found", "schema", "docs", "dashboard"}
@@ -95,8 +97,9 @@ def test_errors_answers_and_quirks_are_documented(client, open_api):
     document = get_schema(client)
     paths = document["paths"]
     error = {"$ref": "#/components/schemas/Error"}
-    assert document["components"]["schemas"]["Error"]["properties"] == {
-        "message": {"type": "string", "description": "What went wrong, for people."}}
+    assert document["components"]["schemas"]["Error"]["properties"]["message"] == {
+        "type": "string", "description": "What went wrong, for people."}
+    assert document["components"]["schemas"]["Error"]["required"] == ["message"]  # "row": about a batch's example
     for path, operations in paths.items():
         for method, operation in operations.items():
             assert "405" in operation["responses"], (method, path)
@@ -108,7 +111,9 @@ def test_errors_answers_and_quirks_are_documented(client, open_api):
     # Predict: 201 with an identifier, 200 without.
     predict = paths["/api/predict/"]["post"]["responses"]
     assert predict["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/IdentifiedPrediction")
-    assert predict["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Prediction")
+    assert predict["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictOutcome")
+    assert document["components"]["schemas"]["PredictOutcome"]["oneOf"] == [
+        {"$ref": "#/components/schemas/Prediction"}, {"$ref": "#/components/schemas/PredictedBatch"}]
     assert "identifier" in document["components"]["schemas"]["IdentifiedPrediction"]["required"]
     # The model may be named by ?model= on the GET/DELETE routes that take a JSON or form body.
     for path, method in (("/api/metrics/", "get"), ("/api/stats/", "get"), ("/api/model/", "delete")):
@@ -184,3 +189,91 @@ def test_docs_page_says_what_it_needs_without_the_sidecar_app(client, open_api, 
     assert response["Content-Type"] == "application/json"
     assert "drf_spectacular_sidecar" in response.json()["message"]
     assert client.get("/api/schema/").status_code == 200
+
+
+# Each shape declared once ---------------------------------------------------------------------
+
+
+def test_the_shapes_are_the_serializers_and_schema_py_imports_no_view():
+    """Bodies are declared in django_river_ml.serializers only; schema.py only says which answers what."""
+    import ast
+    import inspect
+
+    from rest_framework.serializers import BaseSerializer
+
+    declared_here = [name for name, value in vars(schema).items()
+                     if isinstance(value, type) and issubclass(value, BaseSerializer)]
+    assert declared_here == []
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(schema)))
+                if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(ast.parse(inspect.getsource(schema)))
+                 if isinstance(node, ast.Import) for alias in node.names}
+    assert not [module for module in imported if module and module.startswith("django_river_ml.views")]
+
+
+def test_batches_are_documented_as_their_serializers_declare_them(client, open_api):
+    components = get_schema(client)["components"]["schemas"]
+    paths = get_schema(client)["paths"]
+    learn = paths["/api/learn/"]["post"]
+    assert learn["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/LearnBody")
+    assert components["LearnBody"]["anyOf"] == [{"$ref": "#/components/schemas/Learn"},
+                                                {"$ref": "#/components/schemas/LearnBatch"}]
+    assert components["PredictBody"]["oneOf"] == [{"$ref": "#/components/schemas/Predict"},
+                                                  {"$ref": "#/components/schemas/PredictBatch"}]
+    examples = components["LearnBatch"]["properties"]["examples"]
+    assert examples["items"] == {"$ref": "#/components/schemas/LearnExample"} and examples["minItems"] == 1
+    assert set(components["LearnExample"]["properties"]) == {"features", "ground_truth", "identifier"}
+    assert components["LearnedBatch"]["required"] == ["learned", "model", "sequence"]
+    assert components["PredictedBatch"]["properties"]["predictions"]["items"] == {
+        "$ref": "#/components/schemas/BatchPrediction"}
+    assert learn["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/LearnOutcome")
+
+
+def test_limits_come_from_the_rules_and_settings(client, open_api, settings):
+    components = get_schema(client)["components"]["schemas"]
+    for name in ("Learn", "Predict", "Label", "LearnBatch"):
+        assert components[name]["properties"]["model"]["pattern"] == f"^{NAME_PATTERN.pattern}$"
+    for name in ("Learn", "Predict", "Label", "LearnExample", "PredictExample"):
+        identifier = components[name]["properties"]["identifier"]
+        assert (identifier["minLength"], identifier["maxLength"]) == (1, MAX_IDENTIFIER_LENGTH)
+    metric = next(p for p in get_schema(client)["paths"]["/api/metrics/"]["get"]["parameters"] if p["name"] == "model")
+    assert metric["schema"]["pattern"] == f"^{NAME_PATTERN.pattern}$"
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "MAX_FEATURES": 7}
+    assert get_schema(client)["components"]["schemas"]["Predict"]["properties"]["features"]["maxProperties"] == 7
+    # The metrics each flavor keeps, as the flavors say.
+    words = components["Metrics"]["description"]
+    for flavor in FLAVORS.values():
+        for factory in flavor.metric_factories:
+            assert factory.__name__ in words
+
+
+def test_the_answers_are_what_the_schema_says(client, open_api, backend):
+    """The answers, batches included, validated against the schema's components."""
+    import jsonschema
+
+    from django_river_ml.client import DjangoClient
+    from flavored_models import examples, make_model
+
+    document = get_schema(client)
+
+    def conforms(answer, component):
+        jsonschema.validate(answer.json(), {"$ref": f"#/components/schemas/{component}",
+                                            "components": document["components"]})
+
+    DjangoClient().upload_model(make_model("regression"), "regression", model_name="shaped")
+    rows = [{"features": x, "ground_truth": y} for x, y in examples("regression", 3)]
+    conforms(client.post("/api/learn/", {"model": "shaped", "examples": rows}, content_type="application/json"),
+             "LearnedBatch")
+    conforms(client.post("/api/learn/", {"model": "shaped", **rows[0]}, content_type="application/json"),
+             "LearnResult")
+    batch = [{"features": rows[0]["features"]}, {"features": rows[1]["features"], "identifier": "kept"}]
+    answer = client.post("/api/predict/", {"model": "shaped", "examples": batch}, content_type="application/json")
+    conforms(answer, "PredictedBatch")
+    predictions = answer.json()["predictions"]
+    assert predictions[1]["identifier"] == "kept" and "identifier" not in predictions[0]
+    conforms(client.get("/api/metrics/", {"model": "shaped"}), "Metrics")
+    conforms(client.get("/api/stats/", {"model": "shaped"}), "Stats")
+    refused = client.post("/api/learn/", {"model": "shaped", "examples": [rows[0], {"features": 1}]},
+                          content_type="application/json")
+    conforms(refused, "Error")
+    assert refused.json()["row"] == 1

@@ -1,4 +1,5 @@
-"""Every error the API answers is JSON ``{"message": ...}``."""
+"""Every error the API answers is JSON ``{"message": ...}`` (and, about an example of a batch, its ``row``),
+as :class:`django_river_ml.serializers.ErrorSerializer` declares it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
 from django_river_ml.exceptions import RiverMLError, StorageUnavailable
+from django_river_ml.serializers import ErrorSerializer, render
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +39,24 @@ def exception_handler(exc, context):
         retry_after = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(retry_after)} if retry_after else None
         body = {"message": exc.message} if exc.row is None else {"message": exc.message, "row": exc.row}
-        return Response(body, status=exc.status_code, headers=headers)
+        return error(body, exc.status_code, headers)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound(str(exc) or None)
     elif isinstance(exc, PermissionDenied):
         exc = drf_exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, SuspiciousOperation):  # Django's limits on request data (too many fields, too big)
         status = 413 if isinstance(exc, RequestDataTooBig) else 400
-        return Response({"message": str(exc) or "The request is malformed."}, status=status)
+        return error({"message": str(exc) or "The request is malformed."}, status)
     if isinstance(exc, drf_exceptions.APIException):
         headers = {}
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header
         if getattr(exc, "wait", None):
             headers["Retry-After"] = str(int(exc.wait))
-        return Response({"message": flatten_detail(exc.detail)}, status=exc.status_code, headers=headers)
+        return error({"message": flatten_detail(exc.detail)}, exc.status_code, headers)
     logger.exception("Unexpected error in %s", context.get("view").__class__.__name__)
-    return Response({"message": "Internal server error; the details are in the server log."}, status=500)
+    return error({"message": "Internal server error; the details are in the server log."}, 500)
+
+
+def error(body: dict, status: int, headers: dict | None = None) -> Response:
+    return Response(render(ErrorSerializer, body), status=status, headers=headers)

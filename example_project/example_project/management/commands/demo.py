@@ -1,44 +1,44 @@
-"""``manage.py demo``: serve the example site under gunicorn (uvicorn workers, the ASGI app, as
-``make serve`` does) and stream river's datasets into it.
+"""``manage.py demo``: feed river's datasets, through the riverapi client, to a River API server.
 
-Three models are uploaded over HTTP (a regressor, a binary and a multiclass classifier), then
-each gets one example after another, as a real client would send them: ``POST /api/predict/``
-with the features, then ``POST /api/label/`` with the identifier and the true label, so every
+``make demo`` starts the server (as ``make serve`` does) and this feeder, and stops both on
+Ctrl-C; the command itself starts no server. Three models are uploaded (a regressor, a binary and
+a multiclass classifier), then each gets one example after another, as a real client sends them:
+``predict`` with the features, then ``label`` with the identifier and the true label, so every
 metric is a progressive-validation score. Open the printed URL to watch the dashboard.
 
-    python manage.py demo                      # serve on 127.0.0.1:8000 and feed forever
-    python manage.py demo --limit 100          # stop after 100 examples per model
-    python manage.py demo --no-server --port 8000   # feed a server that is already running
-    python manage.py demo --workers 4 --rate 50     # gunicorn workers; examples per second per model
+    make demo                                  # server on 127.0.0.1:8000 and this feeder, until Ctrl-C
+    make demo PORT=8001 DEMO_ARGS="--limit 100 --rate 50"
+    python manage.py demo --port 8000          # feed a server that is already running
+    python manage.py demo --limit 100 --rate 50     # 100 examples per model, 50 a second
 
 Only river's bundled datasets are used (nothing is downloaded). Ctrl-C or SIGTERM stops the
-feeder, then the server.
+feeder, which first prints the final metrics.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_river_ml.settings import river_settings
-
-# example_project/ (the directory holding manage.py): gunicorn runs from there.
-PROJECT_DIR = Path(__file__).resolve().parents[3]
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT = 60.0
 PROGRESS_EVERY = 3.0
 MAX_CONSECUTIVE_ERRORS = 25
+
+# Routes the demo server protects (make demo gives them to the server as AUTHENTICATED_VIEWS). Models, a
+# model's parameters (the `model` route: its uploads and deletes still need a credential), metrics, stats,
+# the two live streams (`stream_events`, `stream_metrics`), the dashboard (`dashboard`), service info, the
+# schema and its docs page stay open, so the dashboard and every link the demo prints work in a browser
+# without a login.
+DEMO_PROTECTED_ROUTES = ("learn", "predict", "label", "model_upload", "model_delete", "model_download",
+                         "model_access")
 
 
 def open_in_browser(url: str) -> None:
@@ -58,7 +58,7 @@ def open_in_browser(url: str) -> None:
 
 
 class Stop(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) or SIGTERM arrived: stop feeding, then stop the server."""
+    """Ctrl-C (SIGINT) or SIGTERM arrived: stop feeding."""
 
 
 @dataclass
@@ -107,18 +107,11 @@ def demo_models() -> list[DemoModel]:
     ]
 
 
-# Routes the demo server protects. Models, a model's parameters (the `model` route: its uploads and
-# deletes still need a credential), metrics, stats, the two live streams (`stream_events`,
-# `stream_metrics`), the dashboard (`dashboard`), service info, the schema and its docs page stay
-# open, so the dashboard and every link the demo prints work in a browser without a login.
-DEMO_PROTECTED_ROUTES = ("learn", "predict", "label", "model_upload", "model_delete", "model_download",
-                         "model_access")
-
-
 def demo_token() -> str:
     """The API token of the user "demo" (created on first use)."""
-    from django.core.management import call_command
     from io import StringIO
+
+    from django.core.management import call_command
 
     out = StringIO()
     call_command("river_token", "demo", "--create-user", stdout=out)
@@ -133,27 +126,21 @@ def format_metric(name: str, value: Any) -> str:
     return f"{name} {value:.3f}" if isinstance(value, (int, float)) else f"{name} {value}"
 
 
-def port_is_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def die_with_parent() -> None:
-    """In the gunicorn child (Linux): get SIGTERM if the demo process dies without cleaning up."""
+def process_is_running(pid: int) -> bool:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort, not available everywhere
-        pass
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
 
 
 class Command(BaseCommand):
-    help = "Serve the example site under gunicorn and feed three river models with river's datasets."
+    help = "Feed three river models with river's datasets, through the riverapi client, to a running server."
 
     def add_arguments(self, parser):
-        parser.add_argument("--port", type=int, default=8000, help="Port on 127.0.0.1 (default 8000).")
-        parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2).")
+        parser.add_argument("--port", type=int, default=8000, help="The server's port on 127.0.0.1 (default 8000).")
         parser.add_argument("--rate", type=float, default=20.0,
                             help="Examples per second for each model (default 20).")
         parser.add_argument("--limit", type=int, default=None,
@@ -161,42 +148,40 @@ class Command(BaseCommand):
         parser.add_argument("--no-browser", action="store_true",
                             help="Do not open the dashboard in a web browser (opened only where one can show: "
                                  "a desktop session, or $BROWSER).")
-        parser.add_argument("--no-server", action="store_true",
-                            help="Do not start gunicorn; feed the server already listening on --port.")
+        parser.add_argument("--wait", type=float, default=SERVER_START_TIMEOUT,
+                            help=f"Seconds to wait for the server to answer (default {SERVER_START_TIMEOUT:g}).")
+        parser.add_argument("--server-pid", type=int, default=None,
+                            help="The server's process (make demo gives it): stop when it is gone.")
 
     # Entry point ----------------------------------------------------------------
 
-    def handle(self, *args, port: int, workers: int, rate: float, limit: int | None, no_server: bool,
-               no_browser: bool = False, **options):
-        import requests
+    def handle(self, *args, port: int, rate: float, limit: int | None, no_browser: bool = False,
+               wait: float = SERVER_START_TIMEOUT, server_pid: int | None = None, **options):
+        from django_river_ml.settings import river_settings
+        from riverapi.main import Client
 
         if rate <= 0:
             raise CommandError("--rate must be positive.")
         if limit is not None and limit < 0:
             raise CommandError("--limit must be 0 or more.")
-        if workers < 1:
-            raise CommandError("--workers must be at least 1.")
 
         self.base = f"http://{HOST}:{port}"
         prefix = river_settings.URL_PREFIX.strip("/")
         self.api = f"{self.base}/{prefix}/" if prefix else f"{self.base}/"
-        self.session = requests.Session()
-        self.token = None if river_settings.DISABLE_AUTHENTICATION else demo_token()
-        if self.token:
-            self.session.headers["Authorization"] = f"Token {self.token}"
-        self.server: subprocess.Popen | None = None
+        self.server_pid = server_pid
         self.stopping = False
+        self.token = None
+        # Quiet: the feeder prints its own progress. Retries only for reads, as the client does.
+        self.client = Client(self.base, quiet=True, prefix=prefix, timeout=30)
 
         models: list[DemoModel] = []
         # SIGINT too: a demo started in the background (where SIGINT is ignored) still stops on `kill -INT`.
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            if no_server:
-                if not self._answers():
-                    raise CommandError(f"No River API answers at {self.api} (start one, or drop --no-server).")
-                self.say(f"Feeding the server already running at {self.base}/")
-            else:
-                self.start_server(port, workers)
+            self.wait_for_server(wait)
+            if not river_settings.DISABLE_AUTHENTICATION:
+                self.token = demo_token()
+                self.client.set_header("Authorization", f"Token {self.token}")  # no 401 to sign in first
             models = demo_models()
             self.upload(models)
             self.banner(models, rate, limit)
@@ -215,8 +200,7 @@ class Command(BaseCommand):
         finally:
             self.stopping = True
             try:
-                self.session.close()
-                self.stop_server()
+                self.client.close()
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
@@ -225,6 +209,31 @@ class Command(BaseCommand):
         if not self.stopping:  # once shutting down, a second Ctrl-C or SIGTERM changes nothing
             self.stopping = True
             raise Stop()
+
+    # The server -----------------------------------------------------------------------
+
+    def server_is_gone(self) -> bool:
+        return self.server_pid is not None and not process_is_running(self.server_pid)
+
+    def wait_for_server(self, timeout: float) -> None:
+        from riverapi.exceptions import RiverAPIError
+
+        from riverapi.main import Client
+
+        probe = Client(self.client.baseurl, quiet=True, prefix=self.client.prefix, timeout=2, retries=0)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.server_is_gone():
+                raise CommandError(f"The server stopped before it answered on {self.api} (its messages are above).")
+            try:
+                probe.info()
+                probe.close()
+                return
+            except RiverAPIError as error:
+                if time.monotonic() > deadline:
+                    raise CommandError(f"No River API answers at {self.api} ({error.message}). Start one "
+                                       "(make serve), or run make demo, which starts one.") from None
+            time.sleep(0.2)
 
     # Output -----------------------------------------------------------------------
 
@@ -248,7 +257,7 @@ class Command(BaseCommand):
         if self.token:
             self.say(f"  Learning, predicting, labelling, uploads, downloads and deletes need a credential; "
                      f"the demo user's API token is {self.token}")
-            self.say(f"  (any user's: python manage.py river_token USER --create-user). For example:")
+            self.say("  (any user's: python manage.py river_token USER --create-user). For example:")
             self.say(f"    curl -H 'Authorization: Token {self.token}' -H 'Content-Type: application/json' \\")
             self.say(f"      -d '{{\"model\": \"{first}\", \"features\": {{}}}}' {self.api}predict/")
         amount = f"{limit} examples per model" if limit is not None else "forever"
@@ -269,113 +278,40 @@ class Command(BaseCommand):
         self.say("Final metrics:")
         for model in models:
             metrics = self.metrics(model.name)
-            stats = self.get("stats/", model.name)
+            stats = self.client.stats(model.name)
             shown = ", ".join(format_metric(k, v) for k, v in metrics.items())
             self.say(f"  {model.name}: predicted {stats['predict']['n_calls']}, "
                      f"labelled {stats['label']['n_calls']}, errors {model.errors}; {shown}")
 
-    # Server -----------------------------------------------------------------------
-
-    def _answers(self) -> bool:
-        import requests
-
-        try:
-            return self.session.get(self.api, timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def start_server(self, port: int, workers: int) -> None:
-        if port_is_open(port):
-            raise CommandError(f"Something already listens on {HOST}:{port}. Choose another --port, "
-                               "or add --no-server to feed that server.")
-        gunicorn = Path(sys.executable).parent / "gunicorn"
-        command = [str(gunicorn)] if gunicorn.exists() else [sys.executable, "-m", "gunicorn"]
-        # ASGI, as `make serve` (see the Makefile): the live streams hold connections, not workers.
-        command += ["example_project.asgi:application", "-k", "django_river_ml.worker.UvicornWorker", "--forwarded-allow-ips=",
-                    "--workers", str(workers), "--bind", f"{HOST}:{port}", "--graceful-timeout", "5",
-                    "--log-level", "warning"]
-        env = dict(os.environ)
-        env.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
-        env.setdefault("PYTHONHASHSEED", "0")
-        # Writes need the demo user's token; reads stay open so the dashboard shows without a login.
-        env.setdefault("DJANGO_RIVER_ML_AUTHENTICATED_VIEWS", ",".join(DEMO_PROTECTED_ROUTES))
-        self.say(f"Starting gunicorn with {workers} workers on {HOST}:{port} ...")
-        # Its own session: Ctrl-C reaches only this command, which then stops the feeder before the server.
-        self.server = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, start_new_session=True,
-                                       preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while not self._answers():
-            if self.server.poll() is not None:
-                code = self.server.returncode
-                self.server = None
-                raise CommandError(f"gunicorn exited with code {code} before it served {self.api}.")
-            if time.monotonic() > deadline:
-                raise CommandError(f"gunicorn did not answer on {self.api} within {SERVER_START_TIMEOUT:.0f}s.")
-            time.sleep(0.1)
-
-    def stop_server(self) -> None:
-        server, self.server = self.server, None
-        if server is None or server.poll() is not None:
-            return
-        self.say("Stopping gunicorn ...")
-        try:
-            server.terminate()  # the master stops its workers gracefully
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)  # gunicorn runs in its own process group
-            server.wait(5)
-
-    def check_server(self) -> None:
-        if self.server is not None and self.server.poll() is not None:
-            code = self.server.returncode
-            self.server = None
-            raise CommandError(f"gunicorn stopped unexpectedly (exit code {code}).")
-
-    # HTTP -----------------------------------------------------------------------
-
-    def get(self, route: str, model: str) -> dict:
-        response = self.session.get(self.api + route, params={"model": model}, timeout=10)
-        response.raise_for_status()
-        return response.json()
+    # Feeding ----------------------------------------------------------------------
 
     def metrics(self, name: str) -> dict:
         try:
-            return self.get("metrics/", name)
+            return self.client.metrics(name)
         except Exception:  # noqa: BLE001 - progress lines must not stop the feeder
             return {}
 
     def upload(self, models: list[DemoModel]) -> None:
-        import dill
+        from riverapi.exceptions import RiverAPIError
 
         for model in models:
-            response = self.session.post(f"{self.api}model/{model.flavor}/{model.name}/",
-                                         data=dill.dumps(model.make()),
-                                         headers={"Content-Type": "application/octet-stream"}, timeout=30)
-            if response.status_code != 201:
-                raise CommandError(f"Uploading {model.name} failed: {response.status_code} {response.text[:300]}")
+            try:
+                self.client.upload_model(model.make(), model.flavor, model_name=model.name)
+            except RiverAPIError as error:
+                raise CommandError(f"Uploading {model.name} failed: {error.status_code} {error.message}") from None
             model.stream = model.examples()
         self.say(f"Uploaded {', '.join(m.name for m in models)} (replacing any earlier models of these names).")
 
     def send(self, model: DemoModel, x: dict, y: Any) -> None:
         """Predict, then give the true label: the server scores the prediction, then learns."""
-        response = self.session.post(self.api + "predict/", json={"model": model.name, "features": x}, timeout=30)
-        if response.status_code not in (200, 201):
-            raise RuntimeError(f"predict answered {response.status_code}: {response.text[:200]}")
-        identifier = response.json().get("identifier")
-        if identifier is None:
-            # The site makes no identifiers (GENERATE_IDENTIFIERS off): learn directly instead.
-            response = self.session.post(self.api + "learn/", timeout=30,
-                                         json={"model": model.name, "features": x, "ground_truth": y})
-            if response.status_code != 201:
-                raise RuntimeError(f"learn answered {response.status_code}: {response.text[:200]}")
-            return
-        response = self.session.post(self.api + "label/", timeout=30,
-                                     json={"model": model.name, "identifier": identifier, "label": y})
-        if response.status_code != 200:
-            raise RuntimeError(f"label answered {response.status_code}: {response.text[:200]}")
+        identifier = self.client.predict(model.name, x).get("identifier")
+        if identifier is None:  # the site makes no identifiers (GENERATE_IDENTIFIERS off): learn directly
+            self.client.learn(model.name, x, y)
+        else:
+            self.client.label(y, identifier, model.name)
 
     def feed(self, models: list[DemoModel], rate: float, limit: int | None) -> None:
-        import requests
+        from riverapi.exceptions import RiverAPIError, ServerUnavailable
 
         interval = 1.0 / rate
         started = time.monotonic()
@@ -395,14 +331,16 @@ class Command(BaseCommand):
                 try:
                     self.send(model, x, y)
                     consecutive_errors = 0
-                except (requests.RequestException, RuntimeError, ValueError) as error:
-                    self.check_server()
+                except RiverAPIError as error:
+                    if self.server_is_gone():
+                        raise CommandError("The server stopped (its messages are above).") from None
                     model.errors += 1
                     consecutive_errors += 1
-                    self.say(f"{model.name}: {error}", self.style.WARNING)
+                    self.say(f"{model.name}: {type(error).__name__} {error.status_code or ''} {error.message}",
+                             self.style.WARNING)
                     if consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
                         raise CommandError(f"{consecutive_errors} requests in a row failed; giving up.") from error
-                    if isinstance(error, requests.ConnectionError):
+                    if isinstance(error, ServerUnavailable):
                         time.sleep(1.0)
                 model.sent += 1
             now = time.monotonic()
