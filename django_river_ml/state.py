@@ -24,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from django_river_ml import heap
 from django_river_ml.exceptions import InvalidInput, InvalidModel, ModelBusy, ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
 from django_river_ml.flavors import BoundModel, Flavor, get_flavor
 from django_river_ml.growth import GrowthWatch
@@ -310,6 +311,7 @@ class ModelRegistry:
             self._replicas[info.name] = replica
             self._replicas.move_to_end(info.name)
             self._evict(keep=info.name)
+        heap.settle()  # the model's objects stay out of the garbage collector's full passes
         return replica
 
     def _evict(self, keep: str) -> None:

@@ -9,16 +9,15 @@ recently, within ``REPLICA_MEMORY_BYTES``. A request that comes first just loads
 model itself, as before.
 
 Then it moves everything loaded so far out of the garbage collector's way
-(:func:`gc.freeze`): Django, river and those models are long-lived, and a full
-collection would otherwise walk all of them, a pause that grows with the heap.
+(:func:`django_river_ml.heap.settle`): Django, river and those models are long-lived.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 
+from django_river_ml import heap
 from django_river_ml.settings import river_settings
 
 logger = logging.getLogger(__name__)
@@ -45,8 +44,7 @@ def warm(limit: int | None = None) -> list[str]:
                 logger.info("Did not warm model %s: %s", name, error)
                 continue
             loaded.append(replica.name)
-    gc.collect()
-    gc.freeze()
+    heap.settle()
     return loaded
 
 

@@ -327,8 +327,6 @@ def test_replicas_beyond_the_memory_budget_are_dropped_least_recently_used_first
 
 
 def test_a_starting_worker_loads_the_models_called_most_recently(backend, settings):
-    import gc
-
     from django_river_ml import warmup
     from django_river_ml.state import get_registry
 
@@ -342,9 +340,31 @@ def test_a_starting_worker_loads_the_models_called_most_recently(backend, settin
     registry = get_registry()
     for name in registry.replica_names():
         registry.forget(name)
-    try:
-        recent = client.store.recent_models(5)
-        assert warmup.warm(limit=3) == ["newest", "old"], (recent, getattr(client.store, "redis", None) and client.store.redis.zrange(client.store.key("recent"), 0, -1, withscores=True))  # the deleted one is skipped
-    finally:
-        gc.unfreeze()
+    recent = client.store.recent_models(5)
+    assert warmup.warm(limit=3) == ["newest", "old"], recent  # the deleted one is skipped
     assert registry.replica_names() == ["newest", "old"]
+
+
+def test_a_loaded_model_is_out_of_the_collectors_passes_and_freed_when_dropped(backend, settings):
+    """Full collections would walk every loaded model (pauses that grew past a second with 400 trees)."""
+    import gc
+    import weakref
+
+    from river import tree
+
+    client = worker()
+    client.upload_model(tree.HoeffdingTreeRegressor(), "regression", "tree")
+    client.upload_model(tree.HoeffdingTreeRegressor(), "regression", "other")
+    for x, y in examples("regression", 50):
+        client.learn("tree", x, ground_truth=y)
+    reader = worker()
+    model = reader.registry.replica("tree").model  # loaded: settled
+    assert not any(obj is model for obj in gc.get_objects())  # every generation the collector walks
+    assert gc.get_freeze_count() > 0
+    dropped = weakref.ref(model)
+    del model
+    stored = reader.registry.replica("tree").stored_bytes
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "REPLICA_MEMORY_BYTES": stored * 5}
+    reader.predict("other", {"x": 1.0})  # "tree" is dropped to make room
+    assert reader.registry.replica_names() == ["other"]
+    assert dropped() is None  # frozen, yet freed: river's models hold no reference cycles
