@@ -62,7 +62,7 @@ def run(ctx: Context) -> list[Row]:
         ratio_goal(Row(f"batch predict, {SMALL}", median("predict", "rows_per_s"), "rows/s",
                        "in-process predict_one", inprocess["predict"], note=rows_note), 0.1),
         Row("server CPU per 1,000 rows, batch learn", cpu_per_1000("learn"), "s", "in-process learn_one",
-            1000 / inprocess["learn"], note="all server processes; every worker's replica applies every batch"),
+            1000 / inprocess["learn"], note="all server processes (a batch is applied once per host: see docs/architecture.md)"),
         Row("server CPU per 1,000 rows, batch predict", cpu_per_1000("predict"), "s", "in-process predict_one",
             1000 / inprocess["predict"]),
     ]

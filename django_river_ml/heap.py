@@ -11,8 +11,9 @@ So after a model is loaded, :func:`settle` collects the young garbage and freeze
 is safe for what gets frozen here because river's models hold no reference cycles (checked
 for trees, forests, pipelines, KMeans, HalfSpaceTrees and bagging): a dropped replica is
 freed by reference counting, frozen or not. So that a model with cycles, or other cyclic
-garbage caught in a freeze, is not kept for good, every ``RESETTLE_EVERY`` settles the
-freeze is undone for one full pass.
+garbage caught in a freeze (a request in flight at the time), is not kept for good, every
+``RESETTLE_EVERY`` settles the freeze is undone for one full pass: a pause as long as the
+heap is big, rare enough to stay out of the 99th percentile.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import gc
 import threading
 
-RESETTLE_EVERY = 256
+RESETTLE_EVERY = 4096
 
 _settled = 0
 _lock = threading.Lock()

@@ -225,12 +225,11 @@ class ModelRegistry:
             # Holding the replica's lock from the append on, no other thread of this
             # process applies the entry first: its outcome is ours to report.
             with replica.lock:
-                seq = self.store.append(name, replica.incarnation,
-                                        pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
+                seq = self.store.append(name, replica.incarnation, packed(entry))
                 if seq is None:  # deleted or replaced since this replica was made: look again
                     self.forget(name)
                     continue
-                outcome = self._advance(replica, seq, watch=seq)
+                outcome = self._advance(replica, seq, watch=seq, own=entry)
                 outcome.incarnation = replica.incarnation
                 if outcome.error is None and replica.seq == seq and (
                         "ship" in entry or seq % river_settings.SNAPSHOT_EVERY == 0):
@@ -348,8 +347,8 @@ class ModelRegistry:
         replica.skipped, replica.skipped_from = set(skipped["seqs"]), skipped["from"]
         replica.labels = state.get("labels")
 
-    def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
-        """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``."""
+    def _advance(self, replica: Replica, upto: int, watch: int | None = None, own: dict | None = None) -> Outcome:
+        """Apply entries (replica.seq, upto]; report the outcome of entry ``watch`` (``own``: as appended)."""
         outcome = Outcome()
         while replica.seq < upto:
             entries = self.store.entries(replica.incarnation, replica.seq, upto)
@@ -367,7 +366,7 @@ class ModelRegistry:
                     replica.seq = entry.seq
                     replica.skipped.add(entry.seq)
                     continue
-                data = pickle.loads(entry.data)  # noqa: S301 - our log
+                data = own if own is not None and entry.seq == watch else pickle.loads(entry.data)  # noqa: S301
                 if ("ship" in data and entry.seq != watch
                         and self._load_shipped(replica, entry.seq, data["ship"], watch)):
                     break  # caught up from the snapshot written after it: read on from there
@@ -472,9 +471,9 @@ class ModelRegistry:
         op = entry.get("op")
         model = replica.flavor.bind(replica.model, replica.metrics, replica.labels)
         if op == "learn_many":
-            result = each_row(lambda example: _learn(model, example), entry["rows"])
+            result = each_row(lambda example: _learn(model, example), examples_of(entry, "rows"))
         elif op == "predict_many":
-            return each_row(lambda features: model.predict(dict(features)), entry["xs"])
+            return each_row(lambda features: model.predict(dict(features)), examples_of(entry, "xs"))
         elif op == "predict":
             return model.predict(dict(entry["x"]))
         else:
@@ -550,7 +549,30 @@ EXAMPLES_PER_TIME_LIMIT = 1000
 
 def entry_rows(entry: dict) -> int:
     """How many examples a log entry applies (a batch's, else one)."""
+    if "n" in entry:
+        return entry["n"]
     return max(len(entry.get("rows") or entry.get("xs") or ()), 1)
+
+
+#: The keys of a batch entry's examples (learn_many: rows, predict_many: xs).
+EXAMPLES = ("rows", "xs")
+
+
+def packed(entry: dict) -> bytes:
+    """An entry as the log keeps it: a batch's examples pickled apart, so that a replica that loads
+    the snapshot after a shipped batch reads its header without unpickling 1,000 examples."""
+    for key in EXAMPLES:
+        if key in entry:
+            entry = {**{k: v for k, v in entry.items() if k != key}, "n": len(entry[key]),
+                     f"packed_{key}": pickle.dumps(entry[key], protocol=pickle.HIGHEST_PROTOCOL)}
+    return pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def examples_of(entry: dict, key: str) -> list:
+    """A batch entry's examples (``key``: rows or xs), as appended or as :func:`packed` keeps them."""
+    if key in entry:
+        return entry[key]
+    return pickle.loads(entry[f"packed_{key}"])  # noqa: S301 - our log
 
 
 def batch_limit(examples: int) -> float:
