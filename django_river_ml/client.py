@@ -286,6 +286,7 @@ class DjangoClient:
                          groups=current.groups if group_ids is None else group_ids)
             # Only staff and server code change owners, and they are exempt from the quota.
             if self.store.set_access(model_name, info.incarnation, new, max_owned=None) == OK:
+                events.emit("access", {"model": model_name}, incarnation=info.incarnation)
                 return access.describe(new)
             info = self._managed(model_name)  # replaced or deleted meanwhile: look again
         raise Conflict(f"Model {model_name!r} kept changing while its access was being set; try again.")

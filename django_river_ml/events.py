@@ -2,7 +2,7 @@
 
 Every state change and prediction calls :func:`emit`. Receivers of
 :data:`river_event` (live streams, metrics exporters, a site's own code) get
-``event`` (``"learn"``, ``"predict"``, ``"label"``, ``"upload"``, ``"delete"``),
+``event`` (``"learn"``, ``"predict"``, ``"label"``, ``"upload"``, ``"delete"``, ``"access"``),
 ``data`` (plain JSON values) and ``incarnation`` (which upload of the model it is
 about: a model deleted and uploaded again under its name is another incarnation). A receiver that raises never fails or slows
 the request: the error is logged and counted in :data:`dropped`. With no

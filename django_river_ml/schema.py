@@ -405,13 +405,16 @@ LAST_EVENT_ID = OpenApiParameter(
     "Last-Event-ID", str, OpenApiParameter.HEADER,
     description="The `id` of the last event received (`<channel>:<id>,…`, as sent): the stream first replays "
                 "what came after it, within STREAM_RETENTION events per channel (older: a `stream-reset` event). "
-                "Browsers' EventSource sends it when they reconnect; `?lastEventId=` works too.",
+                "Each id is 1 to 18 ASCII digits. Browsers' EventSource sends it when they reconnect; `?lastEventId=` "
+                "works too.",
 )
 STREAM_DESCRIPTION = (
     "Server-Sent Events (`text/event-stream`) through django-eventstream, from every worker, in order per channel. "
     "Also sent: `stream-open` first, `keep-alive` every 20 s, `stream-reset` when events to replay are no longer "
     "kept, and `stream-error` (JSON data with `condition`) before the server ends the stream, e.g. when the "
-    "model is deleted or no longer shared with the caller. Needs an ASGI server."
+    "model is deleted or no longer shared with the caller (`forbidden`), or the JWT the stream was opened with "
+    "expired (`token-expired`). An event larger than 64 KB has its largest values left out: `\"truncated\": true` "
+    "and `omitted` names them. Needs an ASGI server."
 )
 
 
@@ -422,7 +425,7 @@ def stream_response(description: str) -> dict:
 
 stream_events = operation(
     operation_id="stream_events", tags=["monitoring"], summary="Live events",
-    description=f"Events `learn`, `predict`, `label`, `upload` and `delete`, with JSON data: the model, the "
+    description=f"Events `learn`, `predict`, `label`, `upload`, `delete` and `access` (sharing changed), with JSON data: the model, the "
                 f"`time` (Unix seconds) and what the call carried (features, prediction, ground truth, label, "
                 f"sequence). {STREAM_DESCRIPTION}",
     parameters=[STREAM_MODELS, LAST_EVENT_ID],

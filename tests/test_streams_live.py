@@ -198,6 +198,15 @@ def open_streams(server, path: str, count: int = 1, headers: dict | None = None)
     return subscribers
 
 
+def uploads_logged(server, *models: str) -> None:
+    """Once the upload events of ``models`` are in the event log (appended off the upload's path, a little later)."""
+    query = "&".join(f"model={model}" for model in models)
+    last_ids = ",".join(f"events/{model}:0" for model in models)
+    probe = open_streams(server, f"/api/stream/events/?{query}", headers={"Last-Event-ID": last_ids})[0]
+    probe.wait_for(lambda s: set(models) <= {e.data["model"] for e in s.of_type("upload")}, what="the uploads")
+    probe.close()
+
+
 def worker_pids(server) -> set[int]:
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
     return {int(pid) for pid in children.read_text().split()}
@@ -252,6 +261,7 @@ def test_every_subscriber_on_every_worker_gets_every_event(live_server_factory, 
     server = live_server_factory(backend, workers=4)
     upload(server, "alpha")
     upload(server, "beta")
+    uploads_logged(server, "alpha", "beta")  # else some come to the streams below as live events
 
     everything = open_streams(server, "/api/stream/events/", 8)
     # The kernel spreads connections over the workers that accept; make sure several hold some.
@@ -449,6 +459,7 @@ def test_streams_resume_where_they_left_off(live_server_factory, backend, publis
 
     # f. Our riverapi client's EventStream goes on across a restart of the whole server.
     upload(server, "steady")
+    uploads_logged(server, "steady")  # else the stream below asks for an id beyond the channel's: a stream-reset
     client = Client(server.url, quiet=True, timeout=30)
     # From the upload on (id 1 of its channel): no race between connecting and the first learns.
     stream = client.stream_events(model="steady", retry_delay=0.2, last_event_id="events/steady:1")

@@ -7,19 +7,27 @@ which the system check tells).
 Who may read a channel is decided as for the REST routes (:mod:`django_river_ml.access`): the
 channels of all models (``events``, ``metrics``) to callers every model is open to (server
 code, staff, DISABLE_AUTHENTICATION, or a stream route left open by ``AUTHENTICATED_VIEWS``);
-a model's channels to those who may use that model. django-eventstream asks again at every
-read from the event log; live events are not re-checked one by one, but when a model is
-uploaded again or deleted, every open stream following it is checked again and ended
-(``stream-error``, condition ``forbidden``) if its caller may no longer read it.
+a model's channels to those who may use that model. Access is checked again at every read
+from the event log (:func:`read_events`); live events are not re-checked one by one, but when a
+model is uploaded again, deleted, or its access changes (an ``access`` event), every open stream
+following it is checked again and ended (``stream-error``, condition ``forbidden``) if its
+caller may no longer read it; streams also check again by themselves every
+``ACCESS_RECHECK_SECONDS`` (:mod:`~django_river_ml.streams.sse`).
+
+A model's channel serves the events of the model's current incarnation only: each read looks
+the model up once, for its access and its incarnation together, and the stream skips the
+events of any other (:data:`ANY`: the channels of all models, which serve every event).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 
 from django_eventstream.channelmanager import ChannelManagerBase
-from django_eventstream.storage import StorageBase
+from django_eventstream.eventstream import EventPermissionError
+from django_eventstream.storage import EventDoesNotExist, StorageBase
 from django_eventstream.views import Listener, get_listener_manager
 
 from django_river_ml.access import Caller
@@ -34,17 +42,28 @@ logger = logging.getLogger(__name__)
 #: The route serving each kind of channel (its name decides whether it is open to everyone).
 ROUTES = {EVENTS: "stream_events", "metrics": "stream_metrics"}
 # Events after which the streams following a model are checked again.
-ACCESS_CHANGES = frozenset({"upload", "delete"})
+ACCESS_CHANGES = frozenset({"upload", "delete", "access"})
+# Events after which restricted streams following "every model I may read" are offered a model.
+OFFERS = frozenset({"upload", "access"})
+#: What a channel of all models follows: every incarnation of every model.
+ANY = "*"
+# Most events, and bytes of event data, one read of the event log brings for one stream (over its channels).
+READ_EVENTS = 100
+READ_BYTES = 1024 * 1024
 
 
 class EventStorage(StorageBase):
     """django-eventstream's storage, on our event log (ids per channel, shared by every worker)."""
 
     def append_event(self, channel, event_type, data):
-        return get_event_log().append([(channel, event_type, data)])[0]
+        # django-eventstream's send_event: about the model's incarnation of now (there is no other to go by).
+        following = access(None, channel)[1]
+        incarnation = following if following not in (None, ANY) else ""
+        return get_event_log().append([(channel, event_type, data, incarnation)])[0]
 
     def get_events(self, channel, last_id, limit=100):
-        return get_event_log().read(channel, int(last_id), limit)
+        following = access(None, channel)[1]  # only the current incarnation's events of a model's channel
+        return [event for event in get_event_log().read(channel, int(last_id), limit) if serves(following, event)]
 
     def get_current_id(self, channel):
         return get_event_log().current_id(channel)
@@ -71,17 +90,85 @@ def stream_caller(user, kind: str) -> Caller:
                   public=not route_requires_authentication(ROUTES[kind]))
 
 
-def may_read(user, name: str) -> bool:
+def access(user, name: str) -> tuple[bool, str | None]:
+    """Whether ``user`` may read channel ``name``, and the incarnation it follows, from one look at the model.
+
+    The incarnation is :data:`ANY` for a channel of all models, None for a model that is gone.
+    """
     kind, model = parse_channel(name)
     if kind is None:
-        return False
+        return False, None
     caller = stream_caller(user, kind)
-    if caller.unrestricted(public=True):
-        return True
     if model is None:
-        return False
+        return caller.unrestricted(public=True), ANY
     info = get_store().model_info(model)
-    return info is not None and caller.may_use(info.access)
+    incarnation = info.incarnation if info is not None else None
+    if caller.unrestricted(public=True):
+        return True, incarnation
+    return info is not None and caller.may_use(info.access), incarnation
+
+
+def may_read(user, name: str) -> bool:
+    return access(user, name)[0]
+
+
+def serves(following: str | None, event) -> bool:
+    """Whether a channel following incarnation ``following`` sends ``event``."""
+    return following == ANY or (following is not None and getattr(event, "incarnation", "") == following)
+
+
+@dataclass
+class Read:
+    """What one read of the event log brought for a stream (django-eventstream's EventResponse, and more)."""
+
+    items: dict = field(default_factory=dict)  # channel: events after its last id, of every incarnation
+    last_ids: dict = field(default_factory=dict)  # channel: its current id, for channels without a last id
+    reset: set = field(default_factory=set)  # channels whose missed events are no longer kept
+    more: set = field(default_factory=set)  # channels with more events to read
+    following: dict = field(default_factory=dict)  # channel: the incarnation it serves (see access)
+
+
+def check_access(user, channels) -> tuple[list[str], dict]:
+    """The channels ``user`` may no longer read, and the incarnation each follows."""
+    denied, following = [], {}
+    for name in channels:
+        allowed, following[name] = access(user, name)
+        if not allowed:
+            denied.append(name)
+    return denied, following
+
+
+def read_events(event_request, limit: int = READ_EVENTS, max_bytes: int = READ_BYTES) -> Read:
+    """What ``event_request``'s channels hold after their last ids: at most about ``limit`` events and
+    ``max_bytes`` of data, shared by its channels (each gets one event at least).
+
+    Raises EventPermissionError if the caller may no longer read some channel. The access and the
+    incarnation of each channel come from the same look at its model: a stream serves a model's
+    events only to a caller who may read that incarnation.
+    """
+    from django_river_ml.streams.publisher import MAX_EVENT_BYTES
+
+    denied, following = check_access(event_request.user, event_request.channels)
+    if denied:
+        raise EventPermissionError(f"Permission denied to channels: {', '.join(denied)}", channels=denied)
+    read = Read(following=following)
+    count = len(event_request.channels) or 1
+    per_channel, bytes_per_channel = max(limit // count, 1), max(max_bytes // count, MAX_EVENT_BYTES)
+    log = get_event_log()
+    for name in event_request.channels:
+        last_id = event_request.channel_last_ids.get(name)
+        if last_id is None:
+            read.last_ids[name] = log.current_id(name)
+            continue
+        try:
+            read.items[name], more = log.read_page(name, int(last_id), per_channel, bytes_per_channel)
+        except EventDoesNotExist as error:
+            read.reset.add(name)
+            read.last_ids[name] = int(error.current_id)
+            continue
+        if more:
+            read.more.add(name)
+    return read
 
 
 def channels_for(user, kind: str, models: list[str]) -> list[str]:
@@ -125,17 +212,18 @@ class StreamListener(Listener):
 
 
 def check_followers(event) -> None:
-    """After an upload or delete of a model, end the open streams that may no longer read it, or may now.
+    """After an upload, delete or access change of a model, end the open streams that may no longer read it,
+    or may now.
 
     A stream following "every model I may read" (of a restricted caller, who follows a list of
-    model channels) ends when a model it may read is uploaded, so that its client reconnects
-    and follows that one too (``stream-error`` with condition ``models-changed``).
+    model channels) ends when a model it may read is uploaded or shared with it, so that its
+    client reconnects and follows that one too (``stream-error`` with condition ``models-changed``).
     """
     kind, model = parse_channel(event.channel)
     if event.type not in ACCESS_CHANGES:
         return
     if model is None:
-        if event.type == "upload":
+        if event.type in OFFERS:
             _offer(json.loads(event.data).get("model"))
         return
     manager = get_listener_manager()

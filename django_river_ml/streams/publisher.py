@@ -1,12 +1,17 @@
 """From :func:`django_river_ml.events.emit` to the event log, off the request's path.
 
-The publisher is a receiver of :data:`~django_river_ml.events.river_event`: it only puts the
-event on a bounded queue, so a learn never waits for the event log and never fails because
-of it. One thread per process drains the queue in batches (one write for many events) and
-appends each event twice, to its model's channel (``events/<model>``) and to the channel of
-all models (``events``). When the event log is slow or down, events wait in the queue up to
-``STREAM_QUEUE_SIZE``; beyond that, or when a write still fails after a few tries, they are
-dropped and counted in :attr:`Publisher.dropped` (and logged).
+The publisher is a receiver of :data:`~django_river_ml.events.river_event`: it only encodes the
+event (at most ``MAX_EVENT_BYTES``: larger values are left out, see :func:`encode`) and puts it
+on a bounded queue, so a learn never waits for the event log and never fails because of it.
+One thread per process drains the queue in batches (one write for many events) and appends
+each event twice, to its model's channel (``events/<model>``) and to the channel of all models
+(``events``), tagged with the incarnation (upload) of the model it is about. An event without
+an incarnation (a site's own ``emit``) goes to ``events`` only: a model's channel serves only
+its current incarnation's events. After an ``upload`` or ``delete`` the thread purges the
+model's channels of every other incarnation's events (:meth:`EventLog.purge`); ``events``
+keeps them (its readers may read every model) until retention. When the event log is slow or
+down, events wait in the queue up to ``STREAM_QUEUE_SIZE``; beyond that, or when a write still
+fails after a few tries, they are dropped and counted in :attr:`Publisher.dropped` (and logged).
 
 The same thread sends the metrics stream. A learn, label or predict marks its model changed;
 at most every ``STREAM_METRICS_INTERVAL_SECONDS`` per model, across all workers (a claim in
@@ -34,9 +39,14 @@ logger = logging.getLogger(__name__)
 
 # Events that change what the metrics stream shows, and the one after which there is nothing to show.
 CHANGES_METRICS = frozenset({"learn", "label", "predict", "upload"})
-# Events carry the example; one whose data is larger than this goes without its features and
-# prediction (``"truncated": true``), so the event log stays bounded in bytes too.
+# Events after which a model's channels are purged of other incarnations' events.
+PURGES = frozenset({"upload", "delete"})
+# Events carry the example; one whose data is larger than this goes without its largest values
+# (``"truncated": true, "omitted": [their keys]``), so every event of the log, of the queue and of a
+# stream's read is bounded in bytes.
 MAX_EVENT_BYTES = 64 * 1024
+# Keys never left out while others can be.
+KEPT_LAST = ("model", "time")
 # Most events appended in one write.
 BATCH = 500
 # Pauses before trying a failed write again (a busy SQLite file, a Redis failing over); then it is dropped.
@@ -54,9 +64,12 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, name="river-ml-stream-publisher", daemon=True)
         self._thread.start()
 
-    def put(self, event: str, data: dict[str, Any]) -> None:
+    def put(self, event: str, data: dict[str, Any], incarnation: str | None = None) -> None:
+        if self.queue.full():  # not worth encoding
+            self.dropped += 1
+            return
         try:
-            self.queue.put_nowait((event, data, time.time()))
+            self.queue.put_nowait((event, data.get("model"), encode({**data, "time": time.time()}), incarnation or ""))
         except queue.Full:
             self.dropped += 1
 
@@ -74,13 +87,17 @@ class Publisher:
         while True:
             waiting = max(next_metrics - time.monotonic(), 0.0) if self._changed else None
             batch = self._take(timeout=waiting)
-            if batch:
-                self._append_events(batch)
-            if self._changed and time.monotonic() >= next_metrics:
-                interval = float(river_settings.STREAM_METRICS_INTERVAL_SECONDS)
-                self._send_metrics(interval)
-                # Models sent too soon are tried again a few times per interval.
-                next_metrics = time.monotonic() + min(max(interval / 4, 0.05), 1.0)
+            try:
+                if batch:
+                    self._append_events(batch)
+                if self._changed and time.monotonic() >= next_metrics:
+                    interval = float(river_settings.STREAM_METRICS_INTERVAL_SECONDS)
+                    self._send_metrics(interval)
+                    # Models sent too soon are tried again a few times per interval.
+                    next_metrics = time.monotonic() + min(max(interval / 4, 0.05), 1.0)
+            except Exception:  # a bug must not silence this process's streams for good
+                self.dropped += len(batch)
+                logger.exception("The stream publisher failed on %d events", len(batch))
 
     def _take(self, timeout: float | None) -> list[tuple]:
         try:
@@ -95,28 +112,32 @@ class Publisher:
         return batch
 
     def _append_events(self, batch: list[tuple]) -> None:
-        rows = []
-        for event, data, sent in batch:
-            model = data.get("model")
-            body = _encode({**data, "time": sent})
-            rows.append((channel(EVENTS), event, body))
-            if model is not None:
-                rows.append((channel(EVENTS, model), event, body))
-                if event in CHANGES_METRICS:
-                    self._changed[model] = None
-                elif event == "delete":
-                    self._changed.pop(model, None)
         try:
+            rows, purges = [], []  # purges: (model, index of its upload or delete in rows)
+            for event, model, body, incarnation in batch:
+                rows.append((channel(EVENTS), event, body, incarnation))
+                if model is not None and incarnation:
+                    if event in PURGES:
+                        purges.append((model, len(rows)))
+                    rows.append((channel(EVENTS, model), event, body, incarnation))
+                if model is not None:
+                    if event in CHANGES_METRICS:
+                        self._changed[model] = None
+                    elif event == "delete":
+                        self._changed.pop(model, None)
             for pause in (*RETRY_PAUSES, None):
                 try:
-                    get_event_log().append(rows)
+                    appended = get_event_log().append(rows)
                     break
                 except Exception as error:  # busy or down: new events wait in the queue meanwhile
                     if pause is None:
                         self.dropped += len(batch)
                         logger.warning("Dropped %d stream events: %s", len(batch), error)
-                    else:
-                        time.sleep(pause)
+                        return
+                    time.sleep(pause)
+            for model, index in purges:
+                if appended[index].id > 1:  # else the channel had no event before: nothing to purge
+                    purge(model, before=appended[index].id)
         finally:
             for _ in batch:
                 self.queue.task_done()
@@ -126,12 +147,12 @@ class Publisher:
 
         for model in list(self._changed):
             try:
-                state, claim_key, version = metrics_state(model)
+                state, claim_key, version, incarnation = metrics_state(model)
                 outcome = get_event_log().claim(claim_key, version, interval)
                 if outcome == CLAIMED:
-                    body = _encode(state)
-                    get_event_log().append([(channel(METRICS), "metrics", body),
-                                            (channel(METRICS, model), "metrics", body)])
+                    body = encode(state)
+                    get_event_log().append([(channel(METRICS), "metrics", body, incarnation),
+                                            (channel(METRICS, model), "metrics", body, incarnation)])
                 if outcome in (CLAIMED, ALREADY_SENT):
                     self._changed.pop(model, None)
             except ModelNotFound:
@@ -142,8 +163,8 @@ class Publisher:
                 logger.warning("Dropped a metrics event of %s: %s", model, error)
 
 
-def metrics_state(model: str) -> tuple[dict, str, int]:
-    """The model's metrics event, the claim key of its incarnation, and how many calls it covers."""
+def metrics_state(model: str) -> tuple[dict, str, int, str]:
+    """The model's metrics event, the claim key of its incarnation, how many calls it covers, the incarnation."""
     from django_river_ml.client import DjangoClient
 
     client = DjangoClient()
@@ -157,15 +178,48 @@ def metrics_state(model: str) -> tuple[dict, str, int]:
         sequence, incarnation, flavor = replica.seq, replica.incarnation, replica.flavor.name
     state = {"model": model, "flavor": flavor, "sequence": sequence, "time": time.time(),
              "metrics": metrics, "stats": stats}
-    return state, f"{METRICS}/{model}/{incarnation}", version
+    return state, f"{METRICS}/{model}/{incarnation}", version, incarnation
 
 
-def _encode(data: dict) -> str:
-    body = json.dumps(data, separators=(",", ":"))
-    if len(body) > MAX_EVENT_BYTES:
-        kept = {key: value for key, value in data.items() if key not in ("features", "prediction")}
-        body = json.dumps({**kept, "truncated": True}, separators=(",", ":"))
-    return body
+def purge(model: str, before: int | None = None) -> None:
+    """Drop the events of ``model``'s channels that are not of its current incarnation (all, if it is gone)
+    and older than event ``before`` of ``events/<model>`` (its upload or delete, which stays)."""
+    from django_river_ml.storage import get_store
+
+    try:
+        info = get_store().model_info(model)
+        keep = info.incarnation if info is not None else None
+        log = get_event_log()
+        log.purge(channel(EVENTS, model), keep, before)
+        log.purge(channel(METRICS, model), keep)
+    except Exception as error:  # never served anyway (reads filter them); they go with retention
+        logger.warning("Could not purge the stream events of earlier uploads of %s: %s", model, error)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def encode(data: dict) -> str:
+    """``data`` as JSON of at most MAX_EVENT_BYTES: the largest values are left out until it fits.
+
+    What was left out is said: ``"truncated": true`` and ``"omitted"``, the keys left out.
+
+    >>> encode({"model": "m", "sequence": 1, "label": "x" * 100_000})
+    '{"model":"m","sequence":1,"truncated":true,"omitted":["label"]}'
+    """
+    body = _dumps(data)  # ASCII (ensure_ascii): as many bytes as characters
+    if len(body) <= MAX_EVENT_BYTES:
+        return body
+    kept, omitted = dict(data), []
+    sizes = sorted(((key in KEPT_LAST, -len(_dumps(value)), str(key)), key) for key, value in data.items())
+    for _, key in sizes:
+        del kept[key]
+        omitted.append(key)
+        body = _dumps({**kept, "truncated": True, "omitted": omitted})
+        if len(body) <= MAX_EVENT_BYTES:
+            return body
+    return _dumps({"truncated": True})  # only keys too long to list are left
 
 
 _lock = threading.Lock()
@@ -189,6 +243,6 @@ def forget_pending() -> None:
         _publisher._changed.clear()
 
 
-def on_river_event(sender, event: str, data: dict, **kwargs) -> None:
+def on_river_event(sender, event: str, data: dict, incarnation: str | None = None, **kwargs) -> None:
     """The :data:`~django_river_ml.events.river_event` receiver: queue it, never wait."""
-    get_publisher().put(event, data)
+    get_publisher().put(event, data, incarnation)
