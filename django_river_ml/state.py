@@ -229,7 +229,7 @@ class ModelRegistry:
                 if seq is None:  # deleted or replaced since this replica was made: look again
                     self.forget(name)
                     continue
-                outcome = self._advance(replica, seq, watch=seq, own=entry)
+                outcome = self._advance(replica, seq, watch=seq)
                 outcome.incarnation = replica.incarnation
                 if outcome.error is None and replica.seq == seq and (
                         "ship" in entry or seq % river_settings.SNAPSHOT_EVERY == 0):
@@ -347,8 +347,13 @@ class ModelRegistry:
         replica.skipped, replica.skipped_from = set(skipped["seqs"]), skipped["from"]
         replica.labels = state.get("labels")
 
-    def _advance(self, replica: Replica, upto: int, watch: int | None = None, own: dict | None = None) -> Outcome:
-        """Apply entries (replica.seq, upto]; report the outcome of entry ``watch`` (``own``: as appended)."""
+    def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
+        """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``.
+
+        Every replica applies an entry as the log gives it back, the appender too: the request's own
+        objects may share values (the same string in every example), and a model that keeps them would
+        pickle smaller in one replica than in the others, which must measure the same size (growth.py).
+        """
         outcome = Outcome()
         while replica.seq < upto:
             entries = self.store.entries(replica.incarnation, replica.seq, upto)
@@ -366,7 +371,7 @@ class ModelRegistry:
                     replica.seq = entry.seq
                     replica.skipped.add(entry.seq)
                     continue
-                data = own if own is not None and entry.seq == watch else pickle.loads(entry.data)  # noqa: S301
+                data = pickle.loads(entry.data)  # noqa: S301 - our log
                 if ("ship" in data and entry.seq != watch
                         and self._load_shipped(replica, entry.seq, data["ship"], watch)):
                     break  # caught up from the snapshot written after it: read on from there
