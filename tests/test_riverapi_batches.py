@@ -19,12 +19,12 @@ import os
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from riverapi import BadRequest, Client, NotFound, ServerUnavailable
+from test_riverapi_client import serving
 
 MESSAGE_NO_FEATURES = "features: This field is required (or give an identifier)."
 
@@ -137,16 +137,8 @@ class FakeRiver:
         return 200, {"model": name, "predictions": answers}
 
 
-@contextmanager
 def fake_river(mode: str = "batch", **options):
-    server = FakeRiver(mode, **options)
-    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
+    return serving(FakeRiver(mode, **options))
 
 
 def rows(n: int, bad: dict[int, object] | None = None):

@@ -346,8 +346,8 @@ class FakeServer:
 
 
 @contextmanager
-def fake_server(respond):
-    server = FakeServer(respond)
+def serving(server):
+    """``server`` (anything with an ``httpd``) answering in a thread until the block ends."""
     thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -355,6 +355,10 @@ def fake_server(respond):
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+def fake_server(respond):
+    return serving(FakeServer(respond))
 
 
 def answering(*answers):
