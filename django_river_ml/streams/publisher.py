@@ -147,9 +147,13 @@ class Publisher:
 
         for model in list(self._changed):
             try:
-                state, claim_key, version, incarnation = metrics_state(model)
-                outcome = get_event_log().claim(claim_key, version, interval)
+                stats, incarnation = calls_of(model)
+                claim_key = f"{METRICS}/{model}/{incarnation}"
+                outcome = get_event_log().claim(claim_key, calls_counted(stats), interval)
                 if outcome == CLAIMED:
+                    state, applied_to = metrics_state(model, stats)
+                    if applied_to != incarnation:  # replaced meanwhile: its upload marked it changed again
+                        continue
                     body = encode(state)
                     get_event_log().append([(channel(METRICS), "metrics", body, incarnation),
                                             (channel(METRICS, model), "metrics", body, incarnation)])
@@ -163,22 +167,39 @@ class Publisher:
                 logger.warning("Dropped a metrics event of %s: %s", model, error)
 
 
-def metrics_state(model: str) -> tuple[dict, str, int, str]:
-    """The model's metrics event, the claim key of its incarnation, how many calls it covers, the incarnation."""
+def calls_of(model: str) -> tuple[dict, str]:
+    """The model's call stats and the incarnation they are of: all a claim needs, without catching up
+    the model (which only the worker that wins the claim does)."""
+    from django_river_ml.client import DjangoClient
+    from django_river_ml.exceptions import ModelNotFound
+    from django_river_ml.storage import get_store
+
+    info = get_store().model_info(model)
+    if info is None:
+        raise ModelNotFound(model)
+    return DjangoClient().stats(model), info.incarnation
+
+
+def calls_counted(stats: dict) -> int:
+    return sum(operation["n_calls"] for operation in stats.values())
+
+
+def metrics_state(model: str, stats: dict) -> tuple[dict, str]:
+    """The model's metrics event with ``stats``, and the incarnation it is of.
+
+    Stats first: every call they count was applied before it was counted, so the metrics read
+    next include it, and a claim for this many calls never hides a newer state.
+    """
     from django_river_ml.client import DjangoClient
 
     client = DjangoClient()
-    # Stats first: every call they count was applied before it was counted, so the metrics read
-    # next include it, and a claim for this many calls never hides a newer state.
-    stats = client.stats(model)
-    version = sum(operation["n_calls"] for operation in stats.values())
     replica = client.registry.replica(model)
     with replica.lock:
         metrics = client.metrics(model)
         sequence, incarnation, flavor = replica.seq, replica.incarnation, replica.flavor.name
     state = {"model": model, "flavor": flavor, "sequence": sequence, "time": time.time(),
              "metrics": metrics, "stats": stats}
-    return state, f"{METRICS}/{model}/{incarnation}", version, incarnation
+    return state, incarnation
 
 
 def purge(model: str, before: int | None = None) -> None:
