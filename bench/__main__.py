@@ -25,7 +25,8 @@ Environment (full run / ``BENCH_QUICK=1``): BENCH_QUICK (a run of a minute or tw
 (``make serve``'s workers: ``make bench`` passes its WORKERS), BENCH_CLIENTS (4), BENCH_SECONDS per
 measurement (3 / 1.5), BENCH_ROUNDS (3 / 1), BENCH_BATCH_ROWS (1000), BENCH_MODEL_BYTES (100000),
 BENCH_MODELS (1000 / 200), BENCH_BAND (100 / 50), BENCH_PAIRS per model (3 / 2), BENCH_SANDBOXED (200 / 20:
-of the models, how many are uploaded through the sandbox), BENCH_MANY_WORKERS (2), BENCH_SUBSCRIBERS (100),
+of the models, how many are uploaded through the sandbox), BENCH_MANY_WORKERS (2), BENCH_MANY_REPLICA_BYTES
+(128 MiB / 32 MiB: that server's REPLICA_MEMORY_BYTES), BENCH_SUBSCRIBERS (100),
 BENCH_LEARNS (200 / 100), BENCH_RATE (stream learns per second; 0: as fast as answered), BENCH_UPLOADS
 (10 / 3), BENCH_ONLY (benchmark names, comma separated), BENCH_OUTPUT (bench-results).
 """

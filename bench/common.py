@@ -70,6 +70,9 @@ class Config:
     pairs: int = field(default_factory=lambda: _number("BENCH_PAIRS", 3, 2))              # learn+predict per model
     sandboxed: int = field(default_factory=lambda: _number("BENCH_SANDBOXED", 200, 20))   # of them via riverapi
     many_workers: int = field(default_factory=lambda: _number("BENCH_MANY_WORKERS", 2, 2))
+    # The many-models server's REPLICA_MEMORY_BYTES: reached within the first half of the models, so the
+    # second half shows whether memory stays bounded.
+    many_replica_bytes: int = field(default_factory=lambda: _number("BENCH_MANY_REPLICA_BYTES", 128 << 20, 32 << 20))
     subscribers: int = field(default_factory=lambda: _number("BENCH_SUBSCRIBERS", 100, 100))
     learns: int = field(default_factory=lambda: _number("BENCH_LEARNS", 200, 100))         # stream fan-out
     uploads: int = field(default_factory=lambda: _number("BENCH_UPLOADS", 10, 3))          # upload latency rounds
@@ -338,7 +341,8 @@ class Context:
                            river={"STORAGE_BACKEND": "shelve"})
         elif key == "many":
             options.update(workers=config.many_workers,
-                           river={"STORAGE_BACKEND": "shelve", "MAX_MODELS_PER_USER": config.models + 100})
+                           river={"STORAGE_BACKEND": "shelve", "MAX_MODELS_PER_USER": config.models + 100,
+                                  "REPLICA_MEMORY_BYTES": config.many_replica_bytes})
         else:
             raise KeyError(key)
         server = LiveServer(workdir=self.scratch / key, **options)

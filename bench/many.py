@@ -1,7 +1,8 @@
 """Many models: ``BENCH_MODELS`` (1,000) models of ~100 KB each on one server with 2 workers.
 
 The site runs as ``make serve`` runs it but with ``BENCH_MANY_WORKERS`` (2) workers, the embedded store and
-authentication on (the user's model quota raised to fit). A ``HoeffdingTreeRegressor`` is trained on
+authentication on (the user's model quota raised to fit) and ``BENCH_MANY_REPLICA_BYTES`` (128 MiB) as
+``REPLICA_MEMORY_BYTES``. A ``HoeffdingTreeRegressor`` is trained on
 synthetic rows until it pickles to about ``BENCH_MODEL_BYTES`` (100 KB). ``BENCH_SANDBOXED`` of the models
 (200; 20 with BENCH_QUICK; spread evenly over the names) are uploaded with the riverapi client
 (``Client.upload_model``) from ``BENCH_CLIENTS`` processes at once: each upload goes through the
@@ -12,7 +13,8 @@ fraction of the time. Then ``BENCH_MANY_WORKERS`` client processes touch the mod
 ``BENCH_PAIRS`` learn+predict pairs each (a pair: a learn request, then a predict request, timed
 together; the first pair of a model in a worker loads it). The figure is the p99 of a pair for the last
 ``BENCH_BAND`` (100) models against the first 100: whether a server holding many models gets slower.
-Also the workers' resident memory before the models are made and after the pairs (Linux /proc).
+Also the workers' resident memory before the models are made, after the pairs on the first half of the
+models and after all of them (Linux /proc): bounded by ``REPLICA_MEMORY_BYTES``, it stops growing.
 
 ``python -m bench.many`` runs it alone.
 """
@@ -131,9 +133,13 @@ def run(ctx: Context) -> list[Row]:
         # Warm-up: every client's connection, and the worker behind it, serve a model of their own first.
         pool.map(_touch, [(server.url, headers, [(-1, name)], 5, rows) for name in warm], chunksize=1)
         indexed = list(enumerate(names))
-        touched = pool.map(_touch, [(server.url, headers, indexed[c::touchers], config.pairs, rows)
-                                    for c in range(touchers)], chunksize=1)
-    rss_end = server.rss_bytes()
+        rss_after = []  # after each half: does memory keep growing with the models served?
+        touched = []
+        for half in (indexed[:count // 2], indexed[count // 2:]):
+            touched += pool.map(_touch, [(server.url, headers, half[c::touchers], config.pairs, rows)
+                                         for c in range(touchers)], chunksize=1)
+            rss_after.append(server.rss_bytes())
+    rss_half, rss_end = rss_after
     timings = [timing for part in touched for timing in part]
     failures = sum(failed for _, _, failed in timings)
     if failures:
@@ -160,8 +166,11 @@ def run(ctx: Context) -> list[Row]:
             f"first {band} models", percentile(first, 0.99), note="the figure: last/first p99"),
         Row("worker RSS after uploads and pairs (mean per worker)", mean_mb(rss_end), "MB",
             "worker RSS before", mean_mb(rss_start),
-            note=f"after the uploads only: {mean_mb(rss_uploaded):.0f} MB; "
-                 f"{(mean_mb(rss_end) - mean_mb(rss_start)) * 1e3 / count:.0f} KB per model per worker"),
+            note=f"after the uploads only: {mean_mb(rss_uploaded):.0f} MB; REPLICA_MEMORY_BYTES "
+                 f"{config.many_replica_bytes / 2**20:.0f} MiB"),
+        Row(f"worker RSS after pairs on all {count} models (mean per worker)", mean_mb(rss_end), "MB",
+            f"after {count // 2}", mean_mb(rss_half), note="bounded by REPLICA_MEMORY_BYTES: about 1× once the "
+            "budget is reached"),
     ]
 
 
