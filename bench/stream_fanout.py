@@ -24,7 +24,6 @@ import os
 import re
 import time
 from collections import Counter
-from pathlib import Path
 
 from bench.common import Context, Row, percentile, progress, small_model, upload
 
@@ -36,29 +35,6 @@ DRAIN_SECONDS = 30
 TARGET_P99_MS = 250
 
 LEARN_EVENT = re.compile(rb'"sequence":(\d+)')
-
-
-def workers_holding(server, ports: set[int]) -> int:
-    """How many worker processes hold connections from these client ports (Linux /proc; 0 if unknown)."""
-    try:
-        owner = {}
-        for pid in server.worker_pids():
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    owner[link[8:-1]] = pid
-        holders = set()
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
-            if local == server.port and remote in ports and fields[9] in owner:
-                holders.add(owner[fields[9]])
-        return len(holders)
-    except OSError:
-        return 0
 
 
 # Learners: client processes, one keep-alive session each.
@@ -164,7 +140,7 @@ async def phase(server, pool, clients: int, model: str, subscribers: int, learns
     failed = [follower.failure for follower in followers if follower.failure]
     if failed:
         raise RuntimeError(f"{len(failed)} subscribers could not connect: {failed[0]}")
-    holders = workers_holding(server, {follower.local_port for follower in followers})
+    holders = len(set(server.connection_owners({follower.local_port for follower in followers}).values()) - {None})
 
     start = time.monotonic() + 0.2
     tasks = [(server.url, headers, model, list(range(c, learns, clients)), start, clients) for c in range(clients)]

@@ -212,6 +212,35 @@ class LiveServer:
         except OSError:
             return []
 
+    def connection_owners(self, ports) -> dict[int, int | None]:
+        """The worker holding the connection from each of these client ports: port -> pid (None: not found;
+        Linux /proc; all None elsewhere)."""
+        owners: dict[int, int | None] = dict.fromkeys(ports)
+        inode_owner = {}
+        for pid in self.worker_pids():
+            try:
+                descriptors = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for descriptor in descriptors:
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inode_owner[link[8:-1]] = pid
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                local_port, remote_port = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+                if local_port == self.port and remote_port in owners:
+                    owners[remote_port] = inode_owner.get(fields[9])
+        return owners
+
     def rss_bytes(self) -> dict[int, int]:
         """Resident memory of each worker, by pid (Linux; empty elsewhere)."""
         sizes = {}

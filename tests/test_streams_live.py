@@ -114,7 +114,7 @@ class Subscriber:
             self.response.close()
             self.ended = True
             return
-        # Which worker holds the connection, found from this end's port (see worker_of).
+        # Which worker holds the connection, found from this end's port (see LiveServer.connection_owners).
         self.port = self.response.raw.connection.sock.getsockname()[1]
         self._thread = threading.Thread(target=self._read, daemon=True, name=f"subscriber {path}")
         self._thread.start()
@@ -207,39 +207,6 @@ def uploads_logged(server, *models: str) -> None:
     probe.close()
 
 
-def worker_pids(server) -> set[int]:
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    return {int(pid) for pid in children.read_text().split()}
-
-
-def worker_of(server, subscribers: list[Subscriber]) -> dict[int, int | None]:
-    """The worker process serving each subscriber's connection (Linux /proc): port -> pid."""
-    inode_owner = {}
-    for pid in worker_pids(server):
-        try:
-            descriptors = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for descriptor in descriptors:
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{descriptor}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inode_owner[link[8:-1]] = pid
-    ports = {subscriber.port for subscriber in subscribers}
-    owners: dict[int, int | None] = {port: None for port in ports}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if not os.path.exists(table):
-            continue
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port, remote_port = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
-            if local_port == server.port and remote_port in ports:
-                owners[remote_port] = inode_owner.get(fields[9])
-    return owners
-
-
 def assert_each_once_in_id_order(subscriber: Subscriber, channel: str) -> list:
     """The subscriber's model events: ids on ``channel`` strictly increasing, no event twice."""
     events = subscriber.model_events()
@@ -265,10 +232,10 @@ def test_every_subscriber_on_every_worker_gets_every_event(live_server_factory, 
 
     everything = open_streams(server, "/api/stream/events/", 8)
     # The kernel spreads connections over the workers that accept; make sure several hold some.
-    while len(set(worker_of(server, everything).values()) - {None}) < 2 and len(everything) < 24:
+    while len(set(server.connection_owners({subscriber.port for subscriber in everything}).values()) - {None}) < 2 and len(everything) < 24:
         everything += open_streams(server, "/api/stream/events/", 4)
-    holders = set(worker_of(server, everything).values()) - {None}
-    assert len(holders) >= 2, worker_of(server, everything)
+    holders = set(server.connection_owners({subscriber.port for subscriber in everything}).values()) - {None}
+    assert len(holders) >= 2, server.connection_owners({subscriber.port for subscriber in everything})
     only_alpha = open_streams(server, "/api/stream/events/?model=alpha")[0]
     alpha_and_beta = open_streams(server, "/api/stream/events/?model=alpha&model=beta")[0]
     alpha_metrics = open_streams(server, "/api/stream/metrics/?model=alpha")[0]
