@@ -46,6 +46,7 @@ import requests
 from river import linear_model, preprocessing
 
 from flavored_models import examples
+from liveserver import site_environment
 from tests.conftest import EXAMPLE_PROJECT, ROOT, LiveServer, wait_until
 
 # Limits the sandboxed loading path will have. The tests pin them (environment of the live
@@ -505,16 +506,8 @@ call_command("river_token", "mallory", "--create-user")
 
 def live_env(workdir: Path) -> dict[str, str]:
     """The example site on the shelve store, authentication on, the limits pinned."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_RIVER_ML_")}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "example_project.settings",
-        "DJANGO_DATABASE_PATH": str(workdir / "db.sqlite3"),
-        "DJANGO_RIVER_ML_STORAGE_BACKEND": "shelve",
-        "DJANGO_RIVER_ML_DATA_DIR": str(workdir / "live-data"),
-        "DJANGO_RIVER_ML_DISABLE_AUTHENTICATION": "false",
-        "PYTHONHASHSEED": "0",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-    })
+    env = site_environment(workdir, data_dir=workdir / "live-data")
+    env.update({"DJANGO_RIVER_ML_STORAGE_BACKEND": "shelve", "DJANGO_RIVER_ML_DISABLE_AUTHENTICATION": "false"})
     env.update({f"DJANGO_RIVER_ML_{name}": str(value) for name, value in PINNED_LIMITS.items()})
     return env
 
