@@ -1,10 +1,9 @@
 """Storage backends and the per-process store they are reached through.
 
 ``STORAGE_BACKEND`` names a built-in store (``"shelve"``, ``"redis"``) or gives the dotted
-path of a :class:`Store` subclass of your own (``"mysite.stores.AuditedStore"``). A class
-with a ``from_settings(river_settings)`` classmethod is made by it (as the Redis store is);
-a subclass of the shelve store gets the store file's path (``SHELVE_PATH``); any other is
-called without arguments.
+path of a :class:`Store` subclass of your own (``"mysite.stores.AuditedStore"``). It is made
+by its ``from_settings(river_settings)`` classmethod: by default without arguments, the shelve
+store (and its subclasses) with the store file's path, the Redis store with its connection settings.
 
 >>> from django_river_ml.storage import get_store
 >>> get_store().backend_name in ("shelve", "redis")
@@ -66,15 +65,7 @@ def backend_problem(backend: object) -> str | None:
 
 def make_store() -> Store:
     """Build the store the current settings name."""
-    cls = store_class(river_settings.STORAGE_BACKEND)
-    from_settings = getattr(cls, "from_settings", None)
-    if from_settings is not None:
-        return from_settings(river_settings)
-    from django_river_ml.storage.shelve import ShelveStore
-
-    if issubclass(cls, ShelveStore):
-        return cls(river_settings.shelve_path)
-    return cls()
+    return store_class(river_settings.STORAGE_BACKEND).from_settings(river_settings)
 
 
 def get_store() -> Store:

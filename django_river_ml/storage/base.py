@@ -88,6 +88,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def create_model(self, name: str, flavor: str, incarnation: str, snapshot: bytes, access: Access = Access(),
                      expect: str | None = ANY, max_owned: int | None = None) -> str:
+    @classmethod
+    def from_settings(cls, settings) -> Store:
+        """The store the settings (``river_settings``) describe; a store that needs any sets this up."""
+        return cls()
+
         """Store a new model (snapshot at sequence 0) with its access, replacing the model of that name.
 
         ``expect`` makes it a compare-and-set: None, only if no model has the name;

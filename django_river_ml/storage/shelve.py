@@ -148,6 +148,10 @@ class ShelveStore(Store):
     def model_names(self):
         return [row[0] for row in self.db.execute("SELECT name FROM models ORDER BY name")]
 
+    @classmethod
+    def from_settings(cls, settings) -> ShelveStore:
+        return cls(settings.shelve_path)
+
     def model_infos(self):
         rows = self.db.execute(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY name")  # noqa: S608 - fixed columns
         return [_model_info(row) for row in rows]
