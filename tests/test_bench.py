@@ -31,7 +31,7 @@ EXPECTED = [
     "stream events delivered, 3 subscribers",
     "upload of a ~20 KB tree (riverapi, sandbox), p50",
     "learn+predict pair p50, last 2 of 4 models", "learn+predict pair p99, last 2 of 4 models",
-    "worker RSS after uploads and pairs (mean per worker)",
+    "worker RSS after uploads and pairs (mean per worker)", "worker RSS after pairs on all 4 models (mean per worker)",
     "sandbox start (once per server process)",
     "learn under ASGI", "server CPU per learn request under ASGI", "predict under ASGI",
     "server CPU per predict request under ASGI", "DRF floor under ASGI", "server CPU per DRF floor request under ASGI",
