@@ -8,6 +8,10 @@ WORKERS ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 2)')
 PUBLISHED_CLIENT := $(VENV)/published-riverapi
 # Replaying a model's log must give the same model in every process (see docs/architecture.md).
 export PYTHONHASHSEED ?= 0
+# glibc gives each thread that allocates a malloc arena of its own; a worker's threads (the event loop, the
+# view thread, the stream publisher, the stats writer) then keep freed replicas' memory in several arenas.
+# Two arenas kept a worker's memory flat over 1,000 models, where the default let it creep up (docs/architecture.md).
+export MALLOC_ARENA_MAX ?= 2
 # The example site's SECRET_KEY (it signs the API's JWTs) is $DJANGO_SECRET_KEY, else a random key
 # made on first run in its data directory (example_project/river_ml_data/secret_key, mode 0600) and
 # reused by every worker and restart. Never a key from the repository: `migrate` refuses one (E003).

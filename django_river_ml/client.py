@@ -28,12 +28,13 @@ from typing import Any, Callable
 
 import river
 
-from django_river_ml import access, callstats, events
+from django_river_ml import access, callstats, events, versions
 from django_river_ml.access import Caller
-from django_river_ml.describe import describe_model, to_jsonable
+from django_river_ml.describe import describe_metrics, describe_model, to_jsonable
 from django_river_ml.exceptions import (
     AccessDenied,
     AuthenticationRequired,
+    ChallengerNotFound,
     Conflict,
     IdentifierConflict,
     IdentifierNotFound,
@@ -44,19 +45,32 @@ from django_river_ml.exceptions import (
     PayloadTooLarge,
     QuotaExceeded,
     RiverMLError,
+    VersionNotFound,
 )
 from django_river_ml.flavors import BoundModel, get_flavor
-from django_river_ml.names import generate_name, validate_name
+from django_river_ml.lifecycle import Challenger, DriftWatch
+from django_river_ml.names import generate_name, validate_name, validate_new_name
 from django_river_ml.sandbox import get_sandbox
 from django_river_ml.settings import river_settings
 from django_river_ml.timelimit import CallLimitExceeded, ModelCrashed, run_limited
-from django_river_ml.state import ModelRegistry, Replica, batch_limit, get_registry, pickled
-from django_river_ml.storage import Access, ModelInfo, Store
+from django_river_ml.state import (CHALLENGERS_FULL, KeysKnown, ModelRegistry, Outcome, Replica, batch_limit,
+                                   get_registry, load_state, pickled)
+from django_river_ml.storage import Access, CallStats, ModelInfo, Store
 from django_river_ml.storage.base import OK, OVER_QUOTA
-from django_river_ml.validation import validate_features, validate_identifier, validate_value
+from django_river_ml.validation import (
+    validate_features,
+    validate_idempotency_key,
+    validate_identifier,
+    validate_value,
+    validate_version,
+)
 from django_river_ml.version import __version__
 
 STAT_OPERATIONS = ("learn", "predict", "label")
+#: Drift detections are counted in the stats as calls of this name (by the worker that reports each).
+DRIFTS = "drift"
+#: The latency percentiles stats give (``<name>_duration``), from the store's histogram.
+STAT_PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
 
 def humanize_ns(nanoseconds: float) -> str:
@@ -67,8 +81,11 @@ def humanize_ns(nanoseconds: float) -> str:
     return f"{nanoseconds:.0f} ns"
 
 
-#: The fields of one example in a batch.
+#: The fields of one example in a batch (to predict; one to learn may have an idempotency key too).
 BATCH_FIELDS = frozenset({"features", "ground_truth", "identifier"})
+LEARN_FIELDS = BATCH_FIELDS | {"idempotency_key"}
+#: How many times a learn with idempotency keys looks again when another learn with one of its keys raced it.
+KEYED_ATTEMPTS = 10
 
 
 @contextmanager
@@ -90,19 +107,20 @@ def _each_row(rows: list, check: Callable[[Any], Any]) -> None:
         raise error.at_row(row) if error.row is None else error
 
 
-def _check_example(example: Any) -> dict:
+def _check_example(example: Any, fields: frozenset = BATCH_FIELDS) -> dict:
     if not isinstance(example, dict):
         raise InvalidInput(f"each example must be an object, not {type(example).__name__}.")
-    if not example.keys() <= BATCH_FIELDS:
-        unknown = sorted(set(example) - BATCH_FIELDS)[0]
-        raise InvalidInput(f"unknown field {unknown!r} (an example has {', '.join(sorted(BATCH_FIELDS))}).")
+    if not example.keys() <= fields:
+        unknown = sorted(set(example) - fields)[0]
+        raise InvalidInput(f"unknown field {unknown!r} (an example has {', '.join(sorted(fields))}).")
     return example
 
 
 def _check_learn_example(example: Any) -> None:
     """An example to learn: its features may come from its identifier's stored prediction."""
-    _check_example(example)
+    _check_example(example, LEARN_FIELDS)
     identifier = validate_identifier(example.get("identifier"))
+    validate_idempotency_key(example.get("idempotency_key"))
     validate_value("ground_truth", example.get("ground_truth"))
     if identifier is None or example.get("features") is not None:
         validate_features(example.get("features"))
@@ -120,6 +138,39 @@ def _identified_rows(rows: list[dict]) -> list[tuple[int, str]]:
         seen.add(identifier)
         identified.append((row, identifier))
     return identified
+
+
+def _batch_keys(batch_key: str | None, rows: list[dict]) -> list[str]:
+    """A batch's idempotency keys, its own first; the same key twice is refused."""
+    keys = [batch_key] if batch_key is not None else []
+    seen = set(keys)
+    for row, example in enumerate(rows):
+        key = example.get("idempotency_key")
+        if key is None:
+            continue
+        if key in seen:
+            raise InvalidInput(f"idempotency_key {key!r} is given to the batch or an earlier example of it "
+                               "too.").at_row(row)
+        seen.add(key)
+        keys.append(key)
+    return keys
+
+
+@contextmanager
+def _rows_of(rows: list[int]):
+    """Errors about example k of a batch made of some of another's examples name example ``rows[k]`` of that."""
+    try:
+        yield
+    except RiverMLError as error:
+        if error.row is None or rows[error.row] == error.row:
+            raise
+        row, error.message, error.row = rows[error.row], error.message.removeprefix(f"Example {error.row}: "), None
+        raise error.at_row(row)
+
+
+def _key_list(key: Any) -> list[str]:
+    """A learn's idempotency keys: none, or the one it has (checked)."""
+    return [] if key is None else [validate_idempotency_key(key)]
 
 
 def _check_predict_example(example: Any) -> None:
@@ -180,37 +231,46 @@ class DjangoClient:
 
     # Models -----------------------------------------------------------------
 
-    def upload_model(self, model: bytes | Any, flavor: str, model_name: str | None = None) -> str:
+    def upload_model(self, model: bytes | Any, flavor: str, model_name: str | None = None,
+                     drift_detector: str | None = None, drift_policy: str | None = None,
+                     challenger_of: str | None = None) -> str:
         """Add a model (pickled bytes from an untrusted caller, or an object) and return its name.
 
         A model of the same name is replaced, with fresh metrics and stats; it keeps its
         owner and sharing. Replacing needs the rights to use that model (else ModelNotFound),
-        a new model counts against the uploader's MAX_MODELS_PER_USER.
+        a new model counts against the uploader's MAX_MODELS_PER_USER. ``drift_detector`` (a
+        name of :data:`~django_river_ml.lifecycle.DETECTORS`, ``""`` for none) and ``drift_policy``
+        override DRIFT_DETECTOR and DRIFT_POLICY for this model. With ``challenger_of``, the model
+        joins that model as a challenger (:meth:`add_challenger`) instead.
         """
+        if challenger_of is not None:
+            if drift_detector is not None or drift_policy is not None:
+                raise InvalidInput("A challenger has no drift detection of its own (its champion's watches the model "
+                                   "that serves): send drift_detector and drift_policy without challenger_of.")
+            return self.add_challenger(challenger_of, model, flavor, name=model_name)
         flavor_ = get_flavor(flavor)
         if model_name is not None:
-            validate_name(model_name)
+            validate_new_name(model_name)
         self._may_upload(model_name)  # before the costly load
-        if isinstance(model, (bytes, bytearray, memoryview)):
-            if len(model) > river_settings.MAX_UPLOAD_SIZE:
-                raise PayloadTooLarge(f"The model is larger than the limit of {river_settings.MAX_UPLOAD_SIZE} bytes.")
-            model = get_sandbox().load(bytes(model), flavor_.name).model
-        try:  # the check asks the model itself (does it implement predict_proba_one?)
-            run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, flavor_.check, model,
-                        memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
-        except (CallLimitExceeded, ModelCrashed) as error:
-            raise InvalidModel(f"The model failed while it was checked: {error}.") from None
-        name, incarnation = self._create(model_name, flavor_, model)
+        detector = river_settings.DRIFT_DETECTOR if drift_detector is None else (
+            None if drift_detector in ("", "none") else drift_detector)
+        drift = DriftWatch.new(flavor_.name, detector, drift_policy or river_settings.DRIFT_POLICY)
+        model = self._loaded(model, flavor_)
+        name, incarnation = self._create(model_name, flavor_, model, drift)
         events.emit("upload", {"model": name, "flavor": flavor_.name}, incarnation=incarnation)
         return name
 
-    def upload_spec(self, spec: Any, flavor: str, model_name: str | None = None) -> str:
-        """Add a model described in JSON (see :mod:`django_river_ml.specs`): no uploaded code runs."""
+    def upload_spec(self, spec: Any, flavor: str, model_name: str | None = None, **options: Any) -> str:
+        """Add a model described in JSON (see :mod:`django_river_ml.specs`): no uploaded code runs.
+        ``options`` as :meth:`upload_model`'s."""
         get_flavor(flavor)
         if model_name is not None:
             validate_name(model_name)
-        self._may_upload(model_name)  # before the costly build
-        return self.upload_model(get_sandbox().build(spec, flavor).model, flavor, model_name=model_name)
+        if options.get("challenger_of") is not None:
+            self._writable(options["challenger_of"])  # before the costly build
+        else:
+            self._may_upload(model_name)
+        return self.upload_model(get_sandbox().build(spec, flavor).model, flavor, model_name=model_name, **options)
 
     def models(self) -> list[str]:
         """The names of the models the caller may see, sorted."""
@@ -222,14 +282,25 @@ class DjangoClient:
         """A copy of the model as it is now (every acknowledged learn included)."""
         return pickle.loads(self.download_model(model_name))  # noqa: S301 - made just now by us
 
-    def download_model(self, model_name: str) -> bytes:
-        """The model pickled (plain pickle: ``pickle.load`` reads it wherever river is installed)."""
+    def download_model(self, model_name: str, version: int | None = None) -> bytes:
+        """The model pickled (plain pickle: ``pickle.load`` reads it wherever river is installed); with
+        ``version``, as it was at that version."""
+        if version is not None:
+            info = self._info(model_name)
+            found = self.store.version_snapshot(info.incarnation, validate_version(version))
+            if found is None:
+                raise VersionNotFound(f"Model {model_name!r} has no version {version}.")
+            return self._pickled(load_state(found[1])["model"])
         replica = self._replica(model_name)
-        with replica.lock:
-            try:
-                return run_limited(None, pickled, replica.model)
-            except ModelCrashed as error:
-                raise ModelFailed(f"The model could not be pickled: {error}.") from None
+        with replica.lock:  # no learn of another thread changes it while it is pickled
+            return self._pickled(replica.model)
+
+    @staticmethod
+    def _pickled(model: Any) -> bytes:
+        try:
+            return run_limited(None, pickled, model)
+        except ModelCrashed as error:
+            raise ModelFailed(f"The model could not be pickled: {error}.") from None
 
     def get_model_json(self, model_name: str) -> dict:
         replica = self._replica(model_name)
@@ -251,6 +322,160 @@ class DjangoClient:
                 events.emit("delete", {"model": model_name}, incarnation=info.incarnation)
                 return
         raise Conflict(f"Model {model_name!r} kept changing while it was being deleted; try again.")
+
+    # Lifecycle (docs/lifecycle.md) -----------------------------------------------
+
+    def versions(self, model_name: str) -> dict:
+        """The model's versions, oldest first: ``{version, sequence, created, kind, metrics, …}`` each."""
+        info = self._info(model_name)
+        return {"model": model_name, "versions": self.store.versions(info.incarnation)}
+
+    def take_version(self, model_name: str) -> dict:
+        """Keep the model as it is now (every acknowledged learn included) as a version; its record."""
+        info = self._writable(model_name)
+        seq = self.registry.take_version(model_name, info.incarnation)
+        record = self._version_at(info.incarnation, seq)
+        events.emit("version", {"model": model_name, **record}, incarnation=info.incarnation)
+        return {"model": model_name, **record}
+
+    def rollback(self, model_name: str, version: int) -> dict:
+        """Go on from version ``version``: its state serves and learns from here on (a new head; nothing is
+        deleted, and the rollback is a version of its own, ``kind: "rollback"``)."""
+        info = self._writable(model_name)
+        return self._restore(model_name, info.incarnation, validate_version(version))
+
+    def _restore(self, model_name: str, incarnation: str, version: int, reason: str = "asked") -> dict:
+        found = self.store.version_snapshot(incarnation, version)
+        if found is None:
+            raise VersionNotFound(f"Model {model_name!r} has no version {version} (see its versions: "
+                                  "older ones go as VERSIONS_KEPT and the others say).")
+        seq, _ = self._append(model_name, lambda flavor: {"op": "restore", "state": found[1], "from_version": version},
+                              incarnation=incarnation)
+        record = self._version_at(incarnation, seq)
+        events.emit("rollback", {"model": model_name, "sequence": seq, "from_version": version, "reason": reason},
+                    incarnation=incarnation)
+        return {"model": model_name, "from_version": version, **record}
+
+    def _guard(self, model_name: str, incarnation: str) -> None:
+        """The design notes' checkpoint guard (ROLLBACK_MARGIN): back to the best recent version when the
+        model's first metric fell more than the margin below it (checked as routine versions are written)."""
+        replica = self.registry.replica(model_name)
+        with replica.lock:
+            if replica.incarnation != incarnation or not replica.metrics:
+                return
+            metric, seq = replica.metrics[0], replica.seq
+            name, now, bigger = type(metric).__name__, metric.get(), metric.bigger_is_better
+        if not isinstance(now, (int, float)):
+            return
+        records = self.store.versions(incarnation)
+        scored = [record for record in records if record["kind"] not in (versions.UPLOAD, versions.ROLLBACK)
+                  and record["sequence"] < seq
+                  and isinstance(record.get("metrics", {}).get(name), (int, float))]
+        if not scored:
+            return
+        best = max(scored, key=lambda record: record["metrics"][name] * (1 if bigger else -1))
+        if any(record.get("from_version") == best["version"] for record in records):
+            return  # back there once already: the world changed since, not the model (drift tells more)
+        value = best["metrics"][name]
+        fell = (value - now) if bigger else (now - value)
+        if fell > river_settings.ROLLBACK_MARGIN * abs(value):
+            self._restore(model_name, incarnation, best["version"], reason=f"guard: {name} {now:.6g}, was {value:.6g}")
+
+    def challengers(self, model_name: str) -> dict:
+        """The model's metrics beside those of each of its challengers (learned on the same examples)."""
+        replica = self._replica(model_name)
+        with replica.lock:
+            return {
+                "model": model_name,
+                "sequence": replica.seq,
+                "metrics": describe_metrics(replica.metrics),
+                "challengers": [
+                    {"name": name, "metrics": describe_metrics(challenger.metrics), "learned": challenger.learned,
+                     "error": challenger.error}
+                    for name, challenger in sorted(replica.challengers.items())
+                ],
+                "drift": replica.drift.describe() if replica.drift else None,
+            }
+
+    def add_challenger(self, champion: str, model: bytes | Any, flavor: str, name: str | None = None) -> str:
+        """Add a challenger (pickled bytes from an untrusted caller, or an object) to ``champion``; its name.
+
+        It learns every example the champion learns from now on, and is scored on them; a challenger
+        of that name is replaced. Challengers are of their champion's flavor, at most MAX_CHALLENGERS.
+        """
+        info = self._writable(champion)
+        flavor_ = get_flavor(flavor)
+        if flavor_.name != info.flavor:
+            raise InvalidInput(f"Model {champion!r} is a {info.flavor} model: its challengers are {info.flavor} "
+                               f"models too, not {flavor_.name}.")
+        if name is not None:
+            validate_name(name)
+        model = self._loaded(model, flavor_)
+        replica = self._replica(champion)
+        name = name or generate_name(lambda candidate: candidate in replica.challengers)
+        if name not in replica.challengers and len(replica.challengers) >= river_settings.MAX_CHALLENGERS:
+            raise QuotaExceeded(f"Model {champion!r} has {len(replica.challengers)} challengers, the most "
+                                "MAX_CHALLENGERS allows: withdraw one first.")
+        try:
+            metrics = run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, flavor_.make_metrics, model,
+                                  memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
+        except (CallLimitExceeded, ModelCrashed) as error:
+            raise InvalidModel(f"The model failed while its metrics were chosen: {error}.") from None
+        state = pickled(Challenger(model, metrics))
+        most = river_settings.MAX_CHALLENGERS
+        _, outcome = self._append(champion, lambda flavor: {"op": "challenge", "name": name, "state": state,
+                                                             "most": most}, incarnation=info.incarnation)
+        if outcome.prediction == CHALLENGERS_FULL:  # another worker added one since the count above
+            raise QuotaExceeded(f"Model {champion!r} has {most} challengers, the most MAX_CHALLENGERS allows: "
+                                "withdraw one first.")
+        events.emit("challenger", {"model": champion, "challenger": name}, incarnation=info.incarnation)
+        return name
+
+    def withdraw_challenger(self, champion: str, name: str) -> None:
+        """Stop challenger ``name`` of ``champion``."""
+        info = self._writable(champion)
+        if name not in self._replica(champion).challengers:
+            raise ChallengerNotFound(f"Model {champion!r} has no challenger named {name!r}.")
+        self._append(champion, lambda flavor: {"op": "withdraw", "name": name}, incarnation=info.incarnation)
+        events.emit("withdraw", {"model": champion, "challenger": name}, incarnation=info.incarnation)
+
+    def promote(self, champion: str, challenger: str) -> dict:
+        """Let ``challenger`` serve as ``champion``, with what it has learned; the champion as it was stays a
+        version (``kind: "before-promote"``) to roll back to."""
+        info = self._writable(champion)
+        if challenger not in self._replica(champion).challengers:
+            raise ChallengerNotFound(f"Model {champion!r} has no challenger named {challenger!r}.")
+        seq, _ = self._append(champion, lambda flavor: {"op": "promote", "challenger": challenger},
+                              incarnation=info.incarnation)
+        record = self._version_at(info.incarnation, seq)
+        events.emit("promote", {"model": champion, "challenger": challenger, "sequence": seq},
+                    incarnation=info.incarnation)
+        return {"model": champion, "challenger": challenger, **record}
+
+    def _writable(self, model_name: str) -> ModelInfo:
+        """The model, if the caller may change it (as a replacing upload may)."""
+        self._require_identity()
+        return self._info(model_name, write=True)
+
+    def _version_at(self, incarnation: str, seq: int) -> dict:
+        """The record of the version written at ``seq`` (just now); a bare one if its snapshot failed."""
+        for record in reversed(self.store.versions(incarnation)):
+            if record["sequence"] == seq:
+                return record
+        return {"version": None, "sequence": seq}
+
+    def _loaded(self, model: bytes | Any, flavor_) -> Any:
+        """An uploaded model: loaded in the sandbox when it comes as bytes, then checked for its flavor."""
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            if len(model) > river_settings.MAX_UPLOAD_SIZE:
+                raise PayloadTooLarge(f"The model is larger than the limit of {river_settings.MAX_UPLOAD_SIZE} bytes.")
+            model = get_sandbox().load(bytes(model), flavor_.name).model
+        try:  # the check asks the model itself (does it implement predict_proba_one?)
+            run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, flavor_.check, model,
+                        memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES)
+        except (CallLimitExceeded, ModelCrashed) as error:
+            raise InvalidModel(f"The model failed while it was checked: {error}.") from None
+        return model
 
     # Sharing ------------------------------------------------------------------
 
@@ -294,37 +519,54 @@ class DjangoClient:
     # Learning and predicting --------------------------------------------------
 
     def learn(self, model_name: str, features: dict | None = None, ground_truth: Any = None,
-              identifier: str | None = None) -> dict:
-        """Learn one example; with an identifier, the prediction made for it is scored and consumed."""
+              identifier: str | None = None, idempotency_key: str | None = None) -> dict:
+        """Learn one example; with an identifier, the prediction made for it is scored and consumed.
+
+        With an ``idempotency_key`` the example is learned once: a learn repeating the key of
+        one the model took (within IDEMPOTENCY_SECONDS) learns nothing and answers that learn's
+        ``sequence`` with ``"duplicate": True`` (see :meth:`_once`).
+        """
         started = time.perf_counter_ns()
         checked = self._check(model_name)  # before an identifier is taken
         identifier = validate_identifier(identifier)
+        keys = _key_list(idempotency_key)
         validate_value("ground_truth", ground_truth)
-        prediction_known, prediction, record = False, None, None
-        if identifier is not None:
-            record = self._take_identifier(model_name, identifier, required=features is None)
-            if record is not None:
-                features = features if features is not None else record["x"]
-                prediction_known, prediction = True, record["p"]
-        validate_features(features)
 
-        def make_entry(flavor) -> dict:
-            flavor.validate_target(ground_truth)
-            entry = {"x": features, "y": ground_truth}
-            if prediction_known:
-                entry["p"] = prediction
-            return entry
+        def learn_once(incarnation: str | None, recorded: dict[str, int]) -> dict:
+            if recorded:
+                return {"model": model_name, "sequence": recorded[idempotency_key], "duplicate": True}
+            x, prediction_known, prediction, record = features, False, None, None
+            if identifier is not None:
+                record = self._take_identifier(model_name, identifier, required=x is None)
+                if record is not None:
+                    x = x if x is not None else record["x"]
+                    prediction_known, prediction = True, record["p"]
+            validate_features(x)
 
-        seq, outcome = self._learn(model_name, make_entry, identifier, record, checked)
-        result = {"model": model_name, "sequence": seq}
-        if outcome.prediction is not None:
-            result["prediction"] = to_jsonable(outcome.prediction)
-        self._finish("learn", model_name, outcome.incarnation, started,
-                     {**result, "features": features, "ground_truth": ground_truth})
-        return result
+            def make_entry(flavor) -> dict:
+                flavor.validate_target(ground_truth)
+                entry = {"x": x, "y": ground_truth}
+                if prediction_known:
+                    entry["p"] = prediction
+                return entry
 
-    def label(self, label: Any, identifier: str, model_name: str) -> dict:
-        """Learn a past prediction's features with the label that became known."""
+            seq, outcome = self._learn(model_name, make_entry, identifier, record, incarnation, keys)
+            result = {"model": model_name, "sequence": seq}
+            if outcome.prediction is not None:
+                result["prediction"] = to_jsonable(outcome.prediction)
+            self._finish("learn", model_name, outcome.incarnation, started,
+                         {**result, "features": x, "ground_truth": ground_truth})
+            return result
+
+        return self._once(model_name, checked, keys, learn_once)
+
+    def label(self, label: Any, identifier: str, model_name: str, idempotency_key: str | None = None) -> dict:
+        """Learn a past prediction's features with the label that became known.
+
+        A label is learned once without a key: the identifier is taken away atomically, and a
+        repeated label finds it gone (IdentifierNotFound). With an ``idempotency_key``, a retry
+        tells more: the first label's ``sequence`` with ``"duplicate": True`` if it was learned.
+        """
         started = time.perf_counter_ns()
         checked = self._check(model_name)  # before the identifier is taken
         if validate_identifier(identifier) is None:
@@ -332,17 +574,25 @@ class DjangoClient:
         if label is None:
             raise InvalidInput("label is required.")
         validate_value("label", label)
-        record = self._take_identifier(model_name, identifier, required=True)
+        keys = _key_list(idempotency_key)
 
-        def make_entry(flavor) -> dict:
-            flavor.validate_target(label, field="label")
-            return {"x": record["x"], "y": label, "p": record["p"]}
+        def label_once(incarnation: str | None, recorded: dict[str, int]) -> dict:
+            if recorded:
+                return {"model": model_name, "identifier": identifier, "sequence": recorded[idempotency_key],
+                        "duplicate": True}
+            record = self._take_identifier(model_name, identifier, required=True)
 
-        seq, outcome = self._learn(model_name, make_entry, identifier, record, checked)
-        result = {"model": model_name, "identifier": identifier, "sequence": seq}
-        self._finish("label", model_name, outcome.incarnation, started,
-                     {**result, "features": record["x"], "prediction": record["p"], "label": label})
-        return result
+            def make_entry(flavor) -> dict:
+                flavor.validate_target(label, field="label")
+                return {"x": record["x"], "y": label, "p": record["p"]}
+
+            seq, outcome = self._learn(model_name, make_entry, identifier, record, incarnation, keys)
+            result = {"model": model_name, "identifier": identifier, "sequence": seq}
+            self._finish("label", model_name, outcome.incarnation, started,
+                         {**result, "features": record["x"], "prediction": record["p"], "label": label})
+            return result
+
+        return self._once(model_name, checked, keys, label_once)
 
     def predict(self, model_name: str, features: dict, identifier: str | None = None) -> dict:
         """Predict; the answer has an ``identifier`` to label later when one was made or given.
@@ -376,22 +626,52 @@ class DjangoClient:
 
     # Batches ------------------------------------------------------------------
 
-    def learn_many(self, model_name: str, examples: list[dict]) -> dict:
-        """Learn a batch of ``{"features", "ground_truth", "identifier"?}`` examples, all or nothing.
+    def learn_many(self, model_name: str, examples: list[dict], idempotency_key: str | None = None) -> dict:
+        """Learn a batch of ``{"features", "ground_truth", "identifier"?, "idempotency_key"?}`` examples, all or
+        nothing.
 
         Every example is checked before anything is written; the batch is one log entry, so
         a model that raises on example k leaves the model as it was, on every worker, and the
         error (a :class:`RiverMLError` with ``row`` = k) says which. An identifier scores its
         stored prediction, as in :meth:`learn`, and is consumed only if the batch is learned.
+
+        Idempotency keys (the batch's, and each example's) are recorded with the entry. A batch
+        whose key the model took, or whose every example's key it took, learns nothing; the
+        examples whose keys it took are left out of the others. ``duplicates`` counts the
+        examples left out (when there are), ``sequence`` is then the log position from which the
+        model has learned every example of the batch.
         """
         started = time.perf_counter_ns()
         checked = self._check(model_name)
         rows = self._batch(examples, _check_learn_example)
-        entries = [{"x": example.get("features"), "y": example.get("ground_truth")} for example in rows]
+        batch_key = validate_idempotency_key(idempotency_key)
+        keys = _batch_keys(batch_key, rows)
+
+        def learn_once(incarnation: str | None, recorded: dict[str, int]) -> dict:
+            result = {"model": model_name, "learned": len(rows)}
+            left = [] if batch_key in recorded else [
+                row for row, example in enumerate(rows) if example.get("idempotency_key") not in recorded]
+            if not left:
+                return {**result, "sequence": max(recorded.values()), "duplicates": len(rows)}
+            seq, outcome = self._learn_rows(model_name, rows, left, incarnation,
+                                            [key for key in keys if key not in recorded])
+            result["sequence"] = seq
+            if len(left) < len(rows):
+                result["duplicates"] = len(rows) - len(left)
+            self._finish("learn", model_name, outcome.incarnation, started, result)
+            return result
+
+        return self._once(model_name, checked, keys, learn_once)
+
+    def _learn_rows(self, model_name: str, rows: list[dict], left: list[int], incarnation: str | None,
+                    keys: list[str]) -> tuple[int, Outcome]:
+        """Append examples ``left`` of a batch as one entry, with its idempotency ``keys``; errors name rows of
+        the whole batch."""
+        entries = {row: {"x": rows[row].get("features"), "y": rows[row].get("ground_truth")} for row in left}
         taken: list[tuple[str, dict]] = []
         try:
-            for row, example in enumerate(rows):
-                identifier = example.get("identifier")
+            for row in left:
+                identifier = rows[row].get("identifier")
                 if identifier is None:
                     continue
                 with _about_row(row):
@@ -401,19 +681,18 @@ class DjangoClient:
                     entries[row]["p"] = record["p"]
                     if entries[row]["x"] is None:
                         entries[row]["x"] = record["x"]
+            learned = list(entries.values())
 
             def make_entry(flavor) -> dict:
-                _each_row(entries, lambda entry: flavor.validate_target(entry["y"]))
-                return {"op": "learn_many", "rows": entries}
+                _each_row(learned, lambda entry: flavor.validate_target(entry["y"]))
+                return {"op": "learn_many", "rows": learned}
 
-            seq, outcome = self.registry.append(model_name, make_entry, incarnation=checked)
+            with _rows_of(left):
+                return self._append(model_name, make_entry, incarnation=incarnation, keys=keys)
         except Exception:
             for identifier, record in taken:  # nothing was learned: the predictions stay pending
                 self._give_back(model_name, identifier, record)
             raise
-        result = {"model": model_name, "learned": len(rows), "sequence": seq}
-        self._finish("learn", model_name, outcome.incarnation, started, result)
-        return result
 
     def predict_many(self, model_name: str, examples: list[dict]) -> dict:
         """Predictions for a batch of ``{"features", "identifier"?}`` examples, in order.
@@ -474,26 +753,30 @@ class DjangoClient:
     def metrics(self, model_name: str) -> dict:
         replica = self._replica(model_name)
         with replica.lock:
-            return {type(metric).__name__: to_jsonable(metric.get()) for metric in replica.metrics}
+            return describe_metrics(replica.metrics)
 
     def stats(self, model_name: str) -> dict:
-        """Call counts and durations, aggregated over every worker in the store."""
-        self._info(model_name)
+        """Call counts, durations (ns) and rates, aggregated over every worker in the store.
+
+        ``p50/p95/p99_duration`` come from the latency histogram (:func:`callstats.percentile`);
+        ``rate_per_second`` is over the last minute (since the upload, for a younger model). ``drift``
+        counts the drifts the model's detector found as its ``n_calls`` (docs/lifecycle.md).
+        """
+        info = self._info(model_name)
         callstats.flush(self.store)  # this process's own calls are in what it reads
         recorded = self.store.call_stats(model_name)
+        now = time.time()
         result = {}
-        for operation in STAT_OPERATIONS:
-            stats = recorded.get(operation)
-            n_calls = stats.n_calls if stats else 0
-            mean = int(stats.total_ns / stats.n_calls) if stats and stats.n_calls else 0
-            ewm = int(stats.ewm_ns) if stats else 0
-            result[operation] = {
-                "n_calls": n_calls,
-                "mean_duration": mean,
-                "mean_duration_human": humanize_ns(mean),
-                "ewm_duration": ewm,
-                "ewm_duration_human": humanize_ns(ewm),
-            }
+        for operation in (*STAT_OPERATIONS, DRIFTS):
+            stats = recorded.get(operation) or CallStats(0, 0, 0.0)
+            durations = {"mean": int(stats.total_ns / stats.n_calls) if stats.n_calls else 0, "ewm": int(stats.ewm_ns)}
+            durations.update((name, int(callstats.percentile(stats.buckets, q)))
+                             for name, q in STAT_PERCENTILES.items())
+            result[operation] = {"n_calls": stats.n_calls}
+            for name, nanoseconds in durations.items():
+                result[operation][f"{name}_duration"] = nanoseconds
+                result[operation][f"{name}_duration_human"] = humanize_ns(nanoseconds)
+            result[operation]["rate_per_second"] = round(callstats.rate_per_second(stats.slots, now, info.created), 3)
         return result
 
     # Access -------------------------------------------------------------------
@@ -560,7 +843,7 @@ class DjangoClient:
         return QuotaExceeded(f"You own {limit} models, the most MAX_MODELS_PER_USER allows: delete one first "
                              "(or ask an administrator to raise the limit).")
 
-    def _create(self, model_name: str | None, flavor_, model: Any) -> tuple[str, str]:
+    def _create(self, model_name: str | None, flavor_, model: Any, drift: DriftWatch | None = None) -> tuple[str, str]:
         """Store the model: a new one owned by the caller, or a replacement keeping its access (compare-and-set)."""
         max_owned = None if self.caller.exempt_from_quotas else river_settings.MAX_MODELS_PER_USER
         for _ in range(5):
@@ -569,7 +852,7 @@ class DjangoClient:
             if info is not None and not self.caller.may_use(info.access, public=False):
                 raise ModelNotFound(f"No model named {name!r}.")
             outcome, incarnation = self.registry.create(
-                name, flavor_, model, access=info.access if info else Access(owner=self.caller.user_id),
+                name, flavor_, model, drift=drift, access=info.access if info else Access(owner=self.caller.user_id),
                 expect=info.incarnation if info else None, max_owned=max_owned,
             )
             if outcome == OK:
@@ -580,6 +863,25 @@ class DjangoClient:
         raise Conflict(f"Model {model_name!r} kept changing while it was being uploaded; try again.")
 
     # Internals ----------------------------------------------------------------
+
+    def _once(self, model_name: str, checked: str | None, keys: list[str],
+              learn: Callable[[str | None, dict[str, int]], dict]) -> dict:
+        """``learn(incarnation, recorded)``, with idempotency ``keys``: whatever a key names is learned once.
+
+        ``recorded`` holds the keys an earlier learn of the model recorded (``{key: sequence of its
+        entry}``; see :meth:`ModelRegistry.recorded_keys`): ``learn`` leaves out what they name, or
+        answers again without learning. Keys are the model's upload's (``incarnation``); two learns
+        racing with one key both get here, the store lets one append, and the other looks again.
+        """
+        if not keys:
+            return learn(checked, {})
+        incarnation = checked or self._info(model_name).incarnation
+        for _ in range(KEYED_ATTEMPTS):
+            try:
+                return learn(incarnation, self.registry.recorded_keys(model_name, incarnation, keys))
+            except KeysKnown:
+                continue
+        raise Conflict(f"Learns with the same idempotency keys kept racing for model {model_name!r}; try again.")
 
     @staticmethod
     def _record(features: dict, prediction: Any) -> bytes:
@@ -619,13 +921,28 @@ class DjangoClient:
             except Exception as error:
                 raise ModelFailed(f"The model raised on this input ({type(error).__name__}: {error}).") from None
 
-    def _learn(self, model_name, make_entry, identifier, record, incarnation: str | None):
+    def _learn(self, model_name, make_entry, identifier, record, incarnation: str | None, keys: list[str]):
         try:
-            return self.registry.append(model_name, make_entry, incarnation=incarnation)
+            return self._append(model_name, make_entry, incarnation=incarnation, keys=keys)
         except Exception:
             if record is not None:  # let the caller try again with a corrected label
                 self._give_back(model_name, identifier, record)
             raise
+
+    def _append(self, model_name: str, make_entry: Callable, incarnation: str | None = None,
+                keys: list[str] = ()) -> tuple[int, Any]:
+        """Append a learn entry; report the drifts its learns found (this worker appended it: it alone reports)."""
+        seq, outcome = self.registry.append(model_name, make_entry, incarnation=incarnation, keys=keys)
+        if outcome.drifts:
+            for _ in outcome.drifts:
+                callstats.count(self.store, model_name, outcome.incarnation, DRIFTS, 0)
+            replica = self.registry.replica(model_name)
+            events.emit("drift", {"model": model_name, "sequence": seq, "examples": outcome.drifts,
+                                  "policy": outcome.drift_policy, **(replica.drift.describe() if replica.drift else {})},
+                        incarnation=outcome.incarnation)
+        if outcome.snapshot == versions.SNAPSHOT and river_settings.ROLLBACK_MARGIN is not None:
+            self._guard(model_name, outcome.incarnation)
+        return seq, outcome
 
     def _keep(self, model_name: str, identifier: str, features: dict, prediction: Any) -> None:
         """Keep a prediction for its label; one already pending under that identifier is never replaced."""

@@ -15,6 +15,11 @@ from numbers import Integral, Real
 from typing import Any
 
 
+def describe_metrics(metrics: list) -> dict:
+    """A model's metrics by name, as JSON: what /api/metrics/ answers and each version records."""
+    return {type(metric).__name__: to_jsonable(metric.get()) for metric in metrics}
+
+
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types; NaN and infinities become null (strict JSON has neither)."""
     kind = type(value)

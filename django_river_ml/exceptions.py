@@ -43,6 +43,14 @@ class ModelNotFound(RiverMLError):
     status_code = 404
 
 
+class VersionNotFound(ModelNotFound):
+    """The model has no version of that number (never, or no longer kept: see VERSIONS_KEPT)."""
+
+
+class ChallengerNotFound(ModelNotFound):
+    """The model has no challenger of that name."""
+
+
 class IdentifierNotFound(RiverMLError):
     """No pending prediction with that identifier (never made, expired, or already labelled)."""
 
@@ -119,6 +127,12 @@ class StorageUnavailable(RiverMLError):
     def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NotSupported(RiverMLError):
+    """The store does not do this (a site's own backend that records no idempotency keys)."""
+
+    status_code = 501
 
 
 class StreamsUnavailable(RiverMLError):

@@ -52,6 +52,20 @@ def validate_name(name: object) -> str:
     return name
 
 
+#: Words a new model may not be named: ``/model/<name>/<word>/`` routes the lifecycle (``/model/<flavor>/<name>/``
+#: would read as an upload of a model named so).
+RESERVED_NAMES = frozenset({"versions", "rollback", "challengers", "promote"})
+
+
+def validate_new_name(name: object) -> str:
+    """A name a new model may take: :func:`validate_name`'s rules, and none of :data:`RESERVED_NAMES`."""
+    validate_name(name)
+    if name in RESERVED_NAMES:
+        raise InvalidInput(f"{name!r} names a route of a model's lifecycle; choose another name "
+                           f"(reserved: {', '.join(sorted(RESERVED_NAMES))}).")
+    return name
+
+
 def generate_name(taken: Callable[[str], bool]) -> str:
     """An adjective-noun name that ``taken`` says is free (a number is added if need be)."""
     for _ in range(20):

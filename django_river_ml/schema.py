@@ -194,7 +194,8 @@ ERRORS = {
          "DATA_UPLOAD_MAX_MEMORY_SIZE for other JSON or form bodies), or the prediction to keep for a label is "
          "over MAX_IDENTIFIER_BYTES.",
     429: "Too many requests (when VIEW_RATE_LIMIT sets a rate for the route).",
-    501: "Live streams need an ASGI server; this one runs WSGI.",
+    501: "Live streams need an ASGI server, and this one runs WSGI; or a learn with an idempotency key on a store "
+         "of the site's own that records none.",
     503: "The store (Redis, the SQLite file) cannot be reached.",
 }
 ACCESS = (401, 403, 405, 429)
@@ -248,7 +249,10 @@ UPLOAD_DESCRIPTION = (
     "such step; nothing in it runs as code. "
     "A model of the same name is replaced, with fresh metrics and stats, and keeps its owner and sharing; "
     "only those who may use it may replace it (anyone else gets a 404). A new model belongs to the uploader, "
-    "and one over MAX_MODELS_PER_USER is a 409. A model that lacks what its flavor needs is a 400."
+    "and one over MAX_MODELS_PER_USER is a 409. A model that lacks what its flavor needs is a 400. "
+    "With `?challenger_of=<model>` it joins that model as a challenger instead (docs/lifecycle.md): of the same "
+    "flavor (else 400), at most MAX_CHALLENGERS (else 409), replacing a challenger of its name. The names "
+    "versions, rollback, challengers and promote are reserved for the lifecycle's routes."
 )
 UPLOAD_EXAMPLES = [
     example("A JSON model spec", [
@@ -283,16 +287,22 @@ auth_token = operation(
 upload_model = operation(
     operation_id="upload_model", tags=["models"], summary="Upload a model (the server names it)",
     description=f"`POST /model/<flavor>/`: the path's last part is the flavor. {UPLOAD_DESCRIPTION}",
-    parameters=[flavor_parameter("name")],
+    parameters=[flavor_parameter("name"), serializers.UploadOptionsSerializer],
     request=UPLOAD_BODY, examples=UPLOAD_EXAMPLES,
     responses={201: serializers.UploadedSerializer, **errors(400, 404, 409, 411, 413, 503)},
 )
 upload_named_model = operation(
     operation_id="upload_named_model", tags=["models"], summary="Upload a model under a chosen name",
     description=UPLOAD_DESCRIPTION,
-    parameters=[flavor_parameter("flavor"), MODEL_PATH],
+    parameters=[flavor_parameter("flavor"), MODEL_PATH, serializers.UploadOptionsSerializer],
     request=UPLOAD_BODY, examples=UPLOAD_EXAMPLES,
     responses={201: serializers.UploadedSerializer, **errors(400, 404, 409, 411, 413, 503)},
+)
+IDEMPOTENCY_KEY = OpenApiParameter(
+    serializers.IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
+    pattern=serializers.IdempotencyKeyField().openapi()["pattern"],
+    description=f"{serializers.IDEMPOTENCY_WORDS} The body's `idempotency_key` says the same (both: they must be "
+                "equal). A key whose learn the model rejected may be used again.",
 )
 BATCH_WORDS = (
     "A batch (`examples`) may also come as NDJSON, one example a line (`application/x-ndjson`, the model in "
@@ -307,12 +317,16 @@ learn = operation(
         "and the identifier consumed (`features` may then be left out). `ground_truth` must fit the flavor: "
         "a finite number for regression, a label (string, number or boolean) for binary and multiclass; "
         "cluster, anomaly and custom models learn from the features (and from ground_truth if they use one). "
-        f"A batch is learned all or nothing, as one entry of the model's log. {BATCH_WORDS}"
+        f"A batch is learned all or nothing, as one entry of the model's log. {BATCH_WORDS} "
+        "With an idempotency key (the header, or `idempotency_key` in the body, of the batch or of each example), "
+        "what the model took with that key is not learned again: the answer says `duplicate` (a batch: "
+        "`duplicates`, the examples left out) and gives the first learn's `sequence`."
     ),
+    parameters=[IDEMPOTENCY_KEY],
     request={"application/json": serializers.LearnBodySerializer},
     examples=[example("Learn", {"model": EXAMPLE_MODEL, "features": EXAMPLE_FEATURES, "ground_truth": 310000.0},
                       request_only=True)],
-    responses={201: serializers.LearnOutcomeSerializer, **errors(400, 404, 409, 411, 413, 503)},
+    responses={201: serializers.LearnOutcomeSerializer, **errors(400, 404, 409, 411, 413, 501, 503)},
 )
 predict = operation(
     operation_id="predict", tags=["learning"], summary="Predict one example, or a batch",
@@ -338,12 +352,14 @@ label = operation(
     operation_id="label", tags=["learning"], summary="Label a past prediction",
     description=(
         "The features stored with the prediction are learned with the label, and the prediction is scored. "
-        "The identifier is then consumed."
+        "The identifier is then consumed, so a label is learned once; a retry answers 404. With an idempotency key "
+        "a retry answers the first label's `sequence` with `duplicate` instead, when that label was learned."
     ),
+    parameters=[IDEMPOTENCY_KEY],
     request={"application/json": serializers.LabelSerializer},
     examples=[example("Label", {"model": EXAMPLE_MODEL, "identifier": EXAMPLE_IDENTIFIER, "label": 305000.0},
                       request_only=True)],
-    responses={200: serializers.LabelResultSerializer, **errors(400, 404, 409, 411, 413, 503)},
+    responses={200: serializers.LabelResultSerializer, **errors(400, 404, 409, 411, 413, 501, 503)},
 )
 metrics = operation(
     operation_id="metrics", tags=["monitoring"], summary="A model's metrics",
@@ -389,8 +405,9 @@ delete_model_by_body = operation(
 )
 download_model = operation(
     operation_id="download_model", tags=["models"], summary="Download a model",
-    description="The model as it is now, pickled (`pickle.load` reads it wherever river is installed).",
-    parameters=[MODEL_PATH],
+    description="The model as it is now (or at `?version=`), pickled (`pickle.load` reads it wherever river is "
+                "installed).",
+    parameters=[MODEL_PATH, serializers.DownloadQuerySerializer],
     responses={
         (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="The pickled model."),
         **errors(400, 404, 503),
@@ -463,4 +480,57 @@ set_access = operation(
     request={"application/json": serializers.AccessSerializer},
     examples=[example("Share", {"users": ["bob"], "groups": ["analysts"]}, request_only=True)],
     responses={200: serializers.AccessResultSerializer, **errors(400, 404, 409, 411, 413, 503)},
+)
+
+
+# The lifecycle (docs/lifecycle.md)
+
+LIFECYCLE_WRITE = ("Who may replace the model may do this (its owner, staff, users and groups it is shared with); "
+                   "anyone else gets a 404, as for a missing model.")
+list_versions = operation(
+    operation_id="list_versions", tags=["lifecycle"], summary="A model's versions",
+    description="Every snapshot of the model is a version: its log position, when and why it was written, and the "
+                "model's metrics then. Which stay: the newest VERSIONS_KEPT, the newest of each of the last "
+                "VERSIONS_HOURLY hours and VERSIONS_DAILY days, and the newest VERSIONS_MARKED taken on purpose.",
+    parameters=[MODEL_PATH],
+    responses={200: serializers.VersionListSerializer, **errors(400, 404, 503)},
+)
+take_version = operation(
+    operation_id="take_version", tags=["lifecycle"], summary="Keep the model as it is now as a version",
+    description=f"Every learn acknowledged before this call is in it. {LIFECYCLE_WRITE}",
+    parameters=[MODEL_PATH], request=None,
+    responses={201: serializers.TakenVersionSerializer, **errors(400, 401, 404, 503)},
+)
+rollback = operation(
+    operation_id="rollback", tags=["lifecycle"], summary="Go on from an earlier version",
+    description="The model continues from the version: from here on it predicts as it did then and learns on from "
+                "there. Nothing is deleted: the rollback is an entry of the model's log, learns acknowledged after "
+                f"it build on it, and it is a version of its own (kind rollback). {LIFECYCLE_WRITE}",
+    parameters=[MODEL_PATH],
+    request={"application/json": serializers.RollbackSerializer},
+    examples=[example("Version 3", {"version": 3}, request_only=True)],
+    responses={200: serializers.TakenVersionSerializer, **errors(400, 401, 404, 409, 411, 413, 503)},
+)
+challengers = operation(
+    operation_id="challengers", tags=["lifecycle"], summary="A model beside its challengers",
+    description="The model's metrics beside each challenger's, scored on the same examples (each learned every "
+                "example the model learned since it joined), and the model's drift detection.",
+    parameters=[MODEL_PATH],
+    responses={200: serializers.ChallengersSerializer, **errors(400, 404, 503)},
+)
+withdraw_challenger = operation(
+    operation_id="withdraw_challenger", tags=["lifecycle"], summary="Withdraw a challenger",
+    description=LIFECYCLE_WRITE,
+    parameters=[MODEL_PATH, model_name_parameter("challenger", OpenApiParameter.PATH, "The challenger.")],
+    responses={200: serializers.DeletedSerializer, **errors(400, 401, 404, 503)},
+)
+promote = operation(
+    operation_id="promote", tags=["lifecycle"], summary="Let a challenger serve",
+    description="The challenger serves under the model's name with what it has learned, and leaves the "
+                "challengers. The model as it was stays a version (kind before-promote) to roll back to; the "
+                f"answer is the version written right after the promotion. {LIFECYCLE_WRITE}",
+    parameters=[MODEL_PATH],
+    request={"application/json": serializers.PromoteSerializer},
+    examples=[example("Promote", {"challenger": "tree"}, request_only=True)],
+    responses={200: serializers.PromotedSerializer, **errors(400, 401, 404, 409, 411, 413, 503)},
 )

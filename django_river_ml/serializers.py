@@ -30,13 +30,17 @@ from rest_framework.exceptions import ErrorDetail
 from django_river_ml.access import MAX_GRANTS
 from django_river_ml.exceptions import InvalidInput
 from django_river_ml.flavors import FLAVORS
+from django_river_ml.lifecycle import DETECTORS, POLICIES
 from django_river_ml.names import NAME_PATTERN, validate_name
 from django_river_ml.settings import river_settings
 from django_river_ml.specs import CLASS_NAME, MAX_STEPS
 from django_river_ml.validation import (
+    IDEMPOTENCY_KEY_PATTERN,
     MAX_IDENTIFIER_LENGTH,
     MAX_NESTING,
+    MAX_VERSION,
     validate_features,
+    validate_idempotency_key,
     validate_identifier,
     validate_value,
 )
@@ -149,6 +153,32 @@ class IdentifierField(Described, serializers.CharField):
         return {"minLength": 1, "maxLength": MAX_IDENTIFIER_LENGTH, "pattern": "^[^\\u0000-\\u001f]*$"}
 
 
+class IdempotencyKeyField(Described, serializers.CharField):
+    """A learn's idempotency key (:func:`django_river_ml.validation.validate_idempotency_key`)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", True)
+        super().__init__(**kwargs)
+        self.validators.append(rule(validate_idempotency_key))
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):  # not a number made a string: a key is sent as it is kept
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+    def openapi(self) -> dict:
+        return {"pattern": f"^{IDEMPOTENCY_KEY_PATTERN.pattern}$"}
+
+
+#: The header that may carry a learn's idempotency key instead of the body's field.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: What an idempotency key does, for the schema's readers.
+IDEMPOTENCY_WORDS = ("Learn once: a learn that repeats the key of one the model took (within IDEMPOTENCY_SECONDS) "
+                     "learns nothing and answers again, with the first one's sequence.")
+
+
 class FeaturesField(Described, JSONValueField):
     """An example's features (:func:`django_river_ml.validation.validate_features`)."""
 
@@ -244,6 +274,7 @@ class LearnSerializer(ModelNameSerializer):
     ground_truth = TargetField("ground_truth", required=False, allow_null=True, help_text="The target to learn.")
     features = FeaturesField(required=False, help_text="Feature names to numbers, strings, booleans or null; "
                                                        "optional when a known identifier is given.")
+    idempotency_key = IdempotencyKeyField(help_text=f"{IDEMPOTENCY_WORDS} Or the Idempotency-Key header.")
 
     def to_internal_value(self, data):
         # A shape error, reported with the others before any broken rule (see refusal()).
@@ -262,6 +293,7 @@ class LearnSerializer(ModelNameSerializer):
 class LabelSerializer(ModelNameSerializer):
     identifier = IdentifierField(help_text="The identifier the prediction was made with.")
     label = TargetField("label", help_text="The true label of the prediction with that identifier.")
+    idempotency_key = IdempotencyKeyField(help_text=f"{IDEMPOTENCY_WORDS} Or the Idempotency-Key header.")
 
 
 class LearnExampleSerializer(serializers.Serializer):
@@ -271,6 +303,8 @@ class LearnExampleSerializer(serializers.Serializer):
     ground_truth = TargetField("ground_truth", required=False, allow_null=True, help_text="The target to learn.")
     identifier = IdentifierField(required=False, allow_null=True,
                                  help_text="A pending prediction's identifier: it is scored and consumed.")
+    idempotency_key = IdempotencyKeyField(help_text="This example's own key: learned once, however the batches that "
+                                                    "carry it are cut.")
 
 
 class PredictExampleSerializer(serializers.Serializer):
@@ -288,6 +322,8 @@ class LearnBatchSerializer(ModelNameSerializer):
     """Many examples, learned all or nothing (one entry of the model's log)."""
 
     examples = ExamplesField(child=LearnExampleSerializer(), help_text=BATCH_SIZE_WORDS)
+    idempotency_key = IdempotencyKeyField(help_text=f"The batch's key. {IDEMPOTENCY_WORDS} Or the Idempotency-Key "
+                                                    "header.")
 
 
 class PredictBatchSerializer(ModelNameSerializer):
@@ -373,6 +409,7 @@ class TokenSerializer(serializers.Serializer):
 
 class UploadedSerializer(serializers.Serializer):
     name = serializers.CharField(help_text="The model's name: the one chosen, or a generated adjective-noun name.")
+    challenger_of = serializers.CharField(required=False, help_text="The model it challenges, when it is a challenger.")
 
 
 class LearnResultSerializer(serializers.Serializer):
@@ -381,12 +418,17 @@ class LearnResultSerializer(serializers.Serializer):
     prediction = serializers.JSONField(
         required=False, help_text="The model's prediction for the features, made before learning (when one was made).",
     )
+    duplicate = serializers.BooleanField(required=False, help_text=(
+        "true when the idempotency key was a learn's the model took: nothing was learned, sequence is that learn's."))
 
 
 class LearnedBatchSerializer(serializers.Serializer):
     model = serializers.CharField()
     learned = serializers.IntegerField(help_text="How many examples were learned: all of the batch.")
-    sequence = serializers.IntegerField(help_text="Position of the batch in the model's log.")
+    sequence = serializers.IntegerField(help_text="Position of the batch in the model's log (from which the model has "
+                                                  "learned every example of it).")
+    duplicates = serializers.IntegerField(required=False, min_value=1, help_text=(
+        "How many examples an earlier learn with their idempotency keys (or the batch's) had learned: left out."))
 
 
 PREDICTION_WORDS = ("A number (regression, anomaly score), {label: probability} (binary, multiclass), a cluster id, "
@@ -430,6 +472,8 @@ class LabelResultSerializer(serializers.Serializer):
     model = serializers.CharField()
     identifier = serializers.CharField()
     sequence = serializers.IntegerField(help_text="Position of this learn in the model's log.")
+    duplicate = serializers.BooleanField(required=False, help_text=(
+        "true when the idempotency key was a label's the model took: nothing was learned, sequence is that label's."))
 
 
 def _metric_words() -> str:
@@ -460,12 +504,23 @@ class CallStatsSerializer(serializers.Serializer):
     mean_duration_human = serializers.CharField()
     ewm_duration = serializers.IntegerField(min_value=0, help_text="Nanoseconds, weighted by STATS_EWM_ALPHA.")
     ewm_duration_human = serializers.CharField()
+    p50_duration = serializers.IntegerField(min_value=0, help_text="Nanoseconds: the median, from the latency "
+                                                                   "histogram of every worker (0 without calls).")
+    p50_duration_human = serializers.CharField()
+    p95_duration = serializers.IntegerField(min_value=0, help_text="Nanoseconds: the 95th percentile.")
+    p95_duration_human = serializers.CharField()
+    p99_duration = serializers.IntegerField(min_value=0, help_text="Nanoseconds: the 99th percentile.")
+    p99_duration_human = serializers.CharField()
+    rate_per_second = serializers.FloatField(min_value=0, help_text="Calls per second over the last minute (since "
+                                                                    "the upload, for a model younger than that).")
 
 
 class StatsSerializer(serializers.Serializer):
     learn = CallStatsSerializer()
     predict = CallStatsSerializer()
     label = CallStatsSerializer()
+    drift = CallStatsSerializer(help_text="Drifts the model's detector found (docs/lifecycle.md): n_calls counts them, "
+                                          "rate_per_second is per second over the last minute (durations are 0).")
 
 
 class ModelListSerializer(serializers.Serializer):
@@ -482,3 +537,105 @@ class AccessResultSerializer(serializers.Serializer):
                                                              "(uploaded by server code or with authentication off).")
     users = serializers.ListField(child=serializers.CharField(), help_text="Users the model is shared with.")
     groups = serializers.ListField(child=serializers.CharField(), help_text="Groups the model is shared with.")
+
+
+# The lifecycle (docs/lifecycle.md) ----------------------------------------------------------------
+
+
+class VersionField(serializers.IntegerField):
+    """A version number (:func:`django_river_ml.validation.validate_version`)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", MAX_VERSION)
+        super().__init__(**kwargs)
+
+
+class QuerySerializer(serializers.Serializer):
+    """Options in a query string: one given empty is refused, not taken for absent (``?challenger_of=`` must
+    not upload an ordinary model in the champion's place)."""
+
+    def to_internal_value(self, data):
+        empty = [name for name in self.fields if name in data and data.get(name) == ""]
+        if empty:
+            raise serializers.ValidationError({empty[0]: "This option is empty: leave it out, or give a value."})
+        return super().to_internal_value(data)
+
+
+class DownloadQuerySerializer(QuerySerializer):
+    version = VersionField(required=False, help_text="Download this version instead of the model as it is now.")
+
+
+class RollbackSerializer(serializers.Serializer):
+    version = VersionField(help_text="The version to go on from (see the model's versions).")
+
+
+class PromoteSerializer(serializers.Serializer):
+    challenger = ModelNameField(help_text="The challenger to serve in the model's place.")
+
+
+class UploadOptionsSerializer(QuerySerializer):
+    """An upload's query: as a challenger of another model, and the model's drift detection."""
+
+    challenger_of = ModelNameField(required=False, help_text=(
+        "Upload the model as a challenger of this one (same flavor): it learns every example that model learns, "
+        "is scored on them, and serves only once promoted."))
+    drift_detector = serializers.ChoiceField(
+        choices=[*DETECTORS, "none"], required=False,
+        help_text="The river.drift detector fed with the model's errors (default: DRIFT_DETECTOR); none for none.")
+    drift_policy = serializers.ChoiceField(
+        choices=POLICIES, required=False,
+        help_text="What a drift does besides its event: none, reset (a fresh copy of the model learns on) or promote "
+                  "(its best challenger serves). Default: DRIFT_POLICY.")
+
+
+VERSION_KINDS = ("upload", "snapshot", "manual", "rollback", "promote", "before-promote", "drift")
+
+
+class VersionSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, allow_null=True, help_text=(
+        "Its number, from 1 (the upload); null in an answer only if the snapshot could not be written."))
+    sequence = serializers.IntegerField(min_value=0, help_text="The log position it holds the model at.")
+    created = serializers.FloatField(required=False, help_text="Unix time.")
+    kind = serializers.ChoiceField(choices=VERSION_KINDS, required=False, help_text=(
+        "Why it was written: upload, snapshot (routine), manual (asked for), rollback, promote, before-promote (the "
+        "champion a promotion replaced), drift (after a drift policy acted)."))
+    metrics = MetricsSerializer(required=False, help_text="The model's metrics at that point.")
+    from_version = serializers.IntegerField(required=False, help_text="A rollback's: the version it went back to.")
+    challenger = serializers.CharField(required=False, help_text="A promotion's: the challenger that now serves.")
+
+
+class VersionListSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    versions = VersionSerializer(many=True, help_text="Oldest first; those VERSIONS_KEPT and the others keep.")
+
+
+class TakenVersionSerializer(VersionSerializer):
+    model = serializers.CharField()
+
+
+class PromotedSerializer(TakenVersionSerializer):
+    """A promotion: the version written right after it."""
+
+
+class DriftSerializer(serializers.Serializer):
+    detector = serializers.CharField(allow_null=True, help_text="The river.drift detector (null: none).")
+    policy = serializers.ChoiceField(choices=POLICIES)
+    detections = serializers.IntegerField(min_value=0, help_text="Drifts found since the upload.")
+    last_at = serializers.IntegerField(allow_null=True, help_text="The log position of the last one.")
+
+
+class ChallengerSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    metrics = MetricsSerializer(help_text="Scored on the examples it learned beside its champion.")
+    learned = serializers.IntegerField(min_value=0, help_text="Examples learned since it joined.")
+    error = serializers.CharField(allow_null=True, help_text="Why it stopped learning (it raised), or null.")
+
+
+class ChallengersSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    sequence = serializers.IntegerField(help_text="The log position these metrics are at.")
+    metrics = MetricsSerializer(help_text="The champion's metrics.")
+    challengers = ChallengerSerializer(many=True)
+    drift = DriftSerializer(allow_null=True)
+

@@ -13,6 +13,7 @@ cache is dropped whenever Django's ``setting_changed`` signal fires, so
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -50,10 +51,32 @@ DEFAULTS: dict[str, Any] = {
     "GENERATE_IDENTIFIERS": True,
     # Unlabelled identifiers are forgotten after this many seconds.
     "IDENTIFIER_TTL_SECONDS": 24 * 3600,
+    # A learn's idempotency key is remembered this many seconds: a retry with it within the window is
+    # acknowledged again, not learned twice (docs/api.md#idempotent-learning).
+    "IDEMPOTENCY_SECONDS": 24 * 3600.0,
+    # Idempotency keys remembered per model; beyond it the oldest are forgotten.
+    "MAX_IDEMPOTENCY_KEYS": 100_000,
     # Write a snapshot of a model every this many log entries.
     "SNAPSHOT_EVERY": 1000,
     # How many snapshots to keep per model (the log before the oldest is trimmed).
     "SNAPSHOTS_KEPT": 3,
+    # Versions kept per model (docs/lifecycle.md): the newest VERSIONS_KEPT, the newest of each of the last
+    # VERSIONS_HOURLY hours and VERSIONS_DAILY days, and the newest VERSIONS_MARKED taken on purpose
+    # (upload, POST .../versions/, rollback, promotion). Each is a whole snapshot of the model.
+    "VERSIONS_KEPT": 10,
+    "VERSIONS_HOURLY": 24,
+    "VERSIONS_DAILY": 7,
+    "VERSIONS_MARKED": 20,
+    # Challengers one model may have (each learns every example its champion learns).
+    "MAX_CHALLENGERS": 5,
+    # The drift detector of a new supervised model (river.drift: ADWIN, PageHinkley, KSWIN, ...; None: none),
+    # fed with its errors, and what a detection does: "none" (an event), "reset" (a fresh copy of the
+    # model) or "promote" (its best challenger). Both can be chosen per model at upload.
+    "DRIFT_DETECTOR": "ADWIN",
+    "DRIFT_POLICY": "none",
+    # The checkpoint guard (docs/lifecycle.md): when a model's first metric falls more than this fraction below
+    # (or above, for an error) its best recent version's, it rolls back to that version by itself. None: off.
+    "ROLLBACK_MARGIN": None,
     # Weight of the newest call in the exponentially weighted mean durations.
     "STATS_EWM_ALPHA": 0.3,
     # Each process writes its call stats to the store this often (0: with every call); see callstats.py.
@@ -135,6 +158,15 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_QUEUE_SIZE": 10_000,
     # Seconds between two looks at the embedded store's event table (each worker, while streams are open).
     "STREAM_POLL_SECONDS": 0.05,
+    # The Prometheus endpoint (docs/monitoring.md): its path where the site includes the app's urls (None: not
+    # served). It refuses every scrape until one of the two below is set; with both set, a scrape needs both.
+    "PROMETHEUS_PATH": "metrics",
+    # The token a scraper sends as "Authorization: Bearer <token>" (at least 16 characters).
+    "PROMETHEUS_TOKEN": None,
+    # Client addresses or networks ("10.0.0.0/8") that may scrape, as NUM_PROXIES finds the client.
+    "PROMETHEUS_ALLOWED_ADDRESSES": [],
+    # Export each model's metrics (MAE, Accuracy, ...): a scrape catches up every model's replica in its worker.
+    "PROMETHEUS_MODEL_METRICS": True,
 }
 
 # Whole numbers of at least 1.
@@ -142,10 +174,10 @@ COUNT_SETTINGS = ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", 
                   "TOKEN_EXPIRES_SECONDS", "MAX_MODELS_PER_USER", "MAX_PENDING_IDENTIFIERS", "MAX_IDENTIFIER_BYTES",
                   "SANDBOX_MEMORY_BYTES", "SANDBOX_CPU_SECONDS", "SANDBOX_TIMEOUT_SECONDS", "MAX_MODEL_BYTES",
                   "CALL_MEMORY_LIMIT_BYTES", "STREAM_RETENTION", "STREAM_RETENTION_SECONDS", "MAX_BATCH_ROWS", "MAX_BATCH_BYTES", "STREAM_MAX_MODELS",
-                  "STREAM_QUEUE_SIZE")
+                  "STREAM_QUEUE_SIZE", "MAX_IDEMPOTENCY_KEYS")
 # Seconds, above 0 (or at least 0 where 0 turns the limit off).
 SECONDS_SETTINGS = {"STATS_FLUSH_SECONDS": "at least", "REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
-                    "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least",
+                    "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least", "IDEMPOTENCY_SECONDS": "above",
                     "STREAM_METRICS_INTERVAL_SECONDS": "at least", "STREAM_POLL_SECONDS": "above"}
 
 
@@ -158,7 +190,11 @@ _BOOLEAN_WORDS = {
 # Settings whose default is None but which hold a list (read from the environment as one).
 LIST_SETTINGS = ("AUTHENTICATED_VIEWS",)
 # Settings with a default that can be turned off from the environment ("none", "off").
-NULLABLE_SETTINGS = ("AUTH_FAILURE_RATE_LIMIT",)
+NULLABLE_SETTINGS = ("AUTH_FAILURE_RATE_LIMIT", "PROMETHEUS_PATH", "DRIFT_DETECTOR")
+# Settings that are a number or None (off), None by default.
+OPTIONAL_NUMBER_SETTINGS = ("ROLLBACK_MARGIN",)
+#: The shortest PROMETHEUS_TOKEN accepted.
+MIN_PROMETHEUS_TOKEN_LENGTH = 16
 
 
 class SettingError(ValueError):
@@ -181,7 +217,9 @@ def _parse_env(name: str, raw: str) -> Any:
             return int(text)
         except ValueError:
             raise SettingError(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
-    if isinstance(default, float):
+    if name in OPTIONAL_NUMBER_SETTINGS and text.lower() in ("", "none", "null", "off"):
+        return None
+    if isinstance(default, float) or name in OPTIONAL_NUMBER_SETTINGS:
         try:
             return float(text)
         except ValueError:
@@ -235,6 +273,21 @@ class RiverSettings:
     def shelve_path(self) -> Path:
         return Path(self.SHELVE_PATH) if self.SHELVE_PATH else self.data_dir / "river-ml.sqlite3"
 
+    @property
+    def prometheus_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """PROMETHEUS_ALLOWED_ADDRESSES as networks (an address is a network of one); SettingError if one is not."""
+        entries = self.PROMETHEUS_ALLOWED_ADDRESSES
+        if not isinstance(entries, (list, tuple)):
+            raise SettingError(f"PROMETHEUS_ALLOWED_ADDRESSES must be a list of addresses or networks, not {entries!r}")
+        networks = []
+        for entry in entries:
+            try:
+                networks.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+            except ValueError:
+                raise SettingError(f"PROMETHEUS_ALLOWED_ADDRESSES has {entry!r}, which is not an IP address or "
+                                   "network ('10.0.0.5', '10.0.0.0/8', '::1')") from None
+        return networks
+
     def problems(self) -> list[str]:
         """Every reason the current settings cannot work (used by the system check)."""
         found = []
@@ -279,10 +332,18 @@ class RiverSettings:
         if failure_limit is not None and not isinstance(failure_limit, str):
             found.append(f"AUTH_FAILURE_RATE_LIMIT must be one rate ('10/minute') or None, not {failure_limit!r}")
         found.extend(_rate_problems(failure_limit, "AUTH_FAILURE_RATE_LIMIT"))
-        for name in ("NUM_PROXIES", "REPLICA_MEMORY_BYTES", "WARM_MODELS"):
+        for name in ("NUM_PROXIES", "REPLICA_MEMORY_BYTES", "WARM_MODELS", "VERSIONS_KEPT", "VERSIONS_HOURLY",
+                     "VERSIONS_DAILY", "VERSIONS_MARKED", "MAX_CHALLENGERS"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 found.append(f"{name} must be a whole number of at least 0, not {value!r}")
+        from django_river_ml.lifecycle import drift_problems
+
+        found.extend(drift_problems(self.DRIFT_DETECTOR, self.DRIFT_POLICY))
+        margin = self.ROLLBACK_MARGIN
+        if margin is not None and (not isinstance(margin, (int, float)) or isinstance(margin, bool)
+                                   or not math.isfinite(margin) or margin <= 0):
+            found.append(f"ROLLBACK_MARGIN must be None or a number above 0 (0.2: 20% worse), not {margin!r}")
         if self.THROTTLE_CACHE not in django_settings.CACHES:
             found.append(f"THROTTLE_CACHE is {self.THROTTLE_CACHE!r}, which is not a cache in CACHES")
         docs_url = self.DOCUMENTATION_URL
@@ -290,6 +351,7 @@ class RiverSettings:
         if docs_url is not None and not url_like:
             found.append(f"DOCUMENTATION_URL must be None, an http(s) URL or a path starting with '/', "
                          f"not {docs_url!r}")
+        found.extend(_prometheus_problems(self))
         return found
 
     def documentation_url(self, baseurl: str = "") -> str:
@@ -307,6 +369,24 @@ class RiverSettings:
             else:
                 return ""
         return baseurl.rstrip("/") + url if url.startswith("/") else url
+
+
+def _prometheus_problems(river: RiverSettings) -> list[str]:
+    problems = []
+    path = river.PROMETHEUS_PATH
+    if path is not None and (not isinstance(path, str) or not path or path != path.strip("/") or " " in path):
+        problems.append(f"PROMETHEUS_PATH must be None or a path without leading or trailing slashes, not {path!r}")
+    token = river.PROMETHEUS_TOKEN
+    if token is not None and not (isinstance(token, str) and len(token) >= MIN_PROMETHEUS_TOKEN_LENGTH
+                                  and token.isascii() and token.isprintable() and " " not in token):
+        # The value is a secret: not in the message.
+        problems.append(f"PROMETHEUS_TOKEN must be None or at least {MIN_PROMETHEUS_TOKEN_LENGTH} printable ASCII "
+                        "characters without spaces")
+    try:
+        river.prometheus_networks
+    except SettingError as error:
+        problems.append(str(error))
+    return problems
 
 
 def _route_name_problems(river: RiverSettings) -> list[str]:

@@ -15,6 +15,7 @@ step before a later one raised, and a half-applied learn must not survive.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import threading
@@ -22,12 +23,16 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from django_river_ml import heap
-from django_river_ml.exceptions import InvalidInput, InvalidModel, ModelBusy, ModelFailed, ModelFull, ModelNotFound, ModelTooLarge
+from django_river_ml import heap, versions
+from django_river_ml.describe import describe_metrics
+from django_river_ml.exceptions import (ChallengerNotFound, InvalidInput, InvalidModel, ModelBusy, ModelFailed, ModelFull,
+                                        ModelNotFound, ModelTooLarge)
 from django_river_ml.flavors import BoundModel, Flavor, get_flavor
 from django_river_ml.growth import GrowthWatch
+from django_river_ml.lifecycle import (Challenger, DriftWatch, EntryWatch, best_challenger, learn_challengers,
+                                       prediction_error)
 from django_river_ml.settings import river_settings
 from django_river_ml.storage import ModelInfo, Store, get_store
 from django_river_ml.storage.base import FULL
@@ -69,7 +74,7 @@ def pickled(obj: Any) -> bytes:
 
 
 def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None, skipped: dict | None = None,
-               labels: str | None = None) -> bytes:
+               labels: str | None = None, challengers: dict | None = None, drift: DriftWatch | None = None) -> bytes:
     """Serialize a model with its metrics (snapshots are written by us, read by us)."""
     state = {"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics}
     if growth is not None:
@@ -78,11 +83,16 @@ def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None, ski
         state["skipped"] = skipped
     if labels is not None:
         state["labels"] = labels
+    if challengers:
+        state["challengers"] = challengers
+    if drift is not None:
+        state["drift"] = drift
     return pickled(state)
 
 
 def load_state(data: bytes) -> dict:
-    """A snapshot's ``model``, ``metrics`` and, when recorded, ``growth``, ``skipped`` and ``labels``."""
+    """A snapshot's ``model``, ``metrics`` and, when recorded, ``growth``, ``skipped``, ``labels``,
+    ``challengers`` and ``drift``."""
     return pickle.loads(data)  # noqa: S301 - our own snapshot from the trusted store
 
 
@@ -107,6 +117,9 @@ class Replica:
     skipped_from: int = 0
     # The kind of label a classifier has learned ("boolean", "number" or "string"): the first fixes it.
     labels: str | None = None
+    # Models learning beside this one (by name), and its drift detector (django_river_ml/lifecycle.py).
+    challengers: dict[str, Challenger] = field(default_factory=dict)
+    drift: DriftWatch | None = None
     stored_bytes: int = 0  # the size of its newest snapshot: what it costs in memory (see REPLICA_MEMORY_BYTES)
     # What this replica measured, to choose between replaying an entry and loading a snapshot.
     row_seconds: float | None = None  # applying one example (running estimate)
@@ -130,6 +143,9 @@ class Outcome:
     prediction: Any = None
     error: BaseException | None = None
     incarnation: str = ""  # the upload of the model the entry went to
+    drifts: list[int] = field(default_factory=list)  # examples of the entry after which a drift was found
+    drift_policy: str = "none"  # what the model did about them
+    snapshot: str | None = None  # the kind of the version its appender wrote right after it
 
 
 class ModelRegistry:
@@ -179,11 +195,15 @@ class ModelRegistry:
 
     # Writing ---------------------------------------------------------------
 
-    def create(self, name: str, flavor: Flavor, model: Any, **options: Any) -> tuple[str, str]:
+    def create(self, name: str, flavor: Flavor, model: Any, drift: DriftWatch | None = None,
+               **options: Any) -> tuple[str, str]:
         """Store a new incarnation: (the store's outcome, the incarnation).
 
-        ``options`` (access, expect, max_owned) go to ``Store.create_model``.
+        ``drift``: its detector (default: DRIFT_DETECTOR and DRIFT_POLICY). ``options`` (access, expect,
+        max_owned) go to ``Store.create_model``.
         """
+        if drift is None:
+            drift = DriftWatch.new(flavor.name, river_settings.DRIFT_DETECTOR, river_settings.DRIFT_POLICY)
         incarnation = new_incarnation()
         try:  # whether the model has probabilities is asked of the model itself
             metrics = run_limited(river_settings.CALL_TIME_LIMIT_SECONDS, flavor.make_metrics, model,
@@ -195,19 +215,23 @@ class ModelRegistry:
         if size > limit:
             raise ModelTooLarge(f"The model is {size} bytes as stored, more than MAX_MODEL_BYTES ({limit}) allows.")
         growth = GrowthWatch.first(size, 0, limit, river_settings.SNAPSHOT_EVERY)
-        snapshot = dump_state(model, metrics, growth)
-        outcome = self.store.create_model(name, flavor.name, incarnation, snapshot, **options)
+        snapshot = dump_state(model, metrics, growth, drift=drift)
+        outcome = self.store.create_model(name, flavor.name, incarnation, snapshot,
+                                          version=versions.record(0, versions.UPLOAD, describe_metrics(metrics)),
+                                          **options)
         self.forget(name)
         return outcome, incarnation
 
     def append(self, name: str, make_entry: Callable[[Flavor], dict],
-               incarnation: str | None = None) -> tuple[int, Outcome]:
+               incarnation: str | None = None, keys: Sequence[str] = ()) -> tuple[int, Outcome]:
         """Append an entry built for the model's flavor, then apply it here.
 
         The append is the commit point. The entry is applied before answering
         so that a model that raises on it is reported to this caller (and the
         entry rejected everywhere). With ``incarnation``, only that upload of the
-        model takes the entry (the one whose access the caller checked).
+        model takes the entry (the one whose access the caller checked). Its
+        idempotency ``keys`` are recorded in the same step; :class:`KeysKnown` when an
+        earlier learn recorded some of them (nothing is appended).
         """
         for _ in range(3):
             replica = self._kept(name)
@@ -216,29 +240,43 @@ class ModelRegistry:
                 if info is None or (incarnation is not None and info.incarnation != incarnation):
                     raise ModelNotFound(f"No model named {name!r}.")
                 replica = self._load(info)
-            if replica.growth.full:  # full stays full: refuse before writing to the log
-                raise model_full(replica)
             entry = make_entry(replica.flavor)
+            if replica.growth.full and entry.get("op") not in CONTROLS:  # full stays full: refuse before the log
+                raise model_full(replica)
             expected = self._worth_shipping(replica, entry)
             if expected is not None:
                 entry["ship"] = expected
             # Holding the replica's lock from the append on, no other thread of this
             # process applies the entry first: its outcome is ours to report.
             with replica.lock:
-                seq = self.store.append(name, replica.incarnation, packed(entry))
+                if keys:
+                    seq = self.store.append_keyed(name, replica.incarnation, packed(entry), keys,
+                                                  river_settings.IDEMPOTENCY_SECONDS,
+                                                  river_settings.MAX_IDEMPOTENCY_KEYS)
+                    if isinstance(seq, dict):  # an earlier learn recorded some of them: nothing was appended
+                        raise KeysKnown(seq)
+                else:
+                    seq = self.store.append(name, replica.incarnation, packed(entry))
                 if seq is None:  # deleted or replaced since this replica was made: look again
                     self.forget(name)
                     continue
+                if entry.get("op") == "promote":  # the champion as it was just before: a version to go back to
+                    self._advance(replica, seq - 1)
+                    if replica.seq == seq - 1:
+                        self._snapshot(replica, versions.BEFORE_PROMOTE)
                 outcome = self._advance(replica, seq, watch=seq)
                 outcome.incarnation = replica.incarnation
-                if outcome.error is None and replica.seq == seq and (
-                        "ship" in entry or seq % river_settings.SNAPSHOT_EVERY == 0):
-                    self._snapshot(replica)
+                if outcome.error is None and replica.seq == seq:
+                    kind = snapshot_kind(entry, outcome)
+                    if kind is None and ("ship" in entry or seq % river_settings.SNAPSHOT_EVERY == 0):
+                        kind = versions.SNAPSHOT
+                    if kind is not None and self._snapshot(replica, kind, **_version_details(entry)):
+                        outcome.snapshot = kind
             if outcome.error is not None:
                 error, row = outcome.error, None
                 if isinstance(error, RowFailed):
                     error, row = error.error, error.row
-                if isinstance(error, (ModelFull, InvalidInput)):  # InvalidInput: a label of another kind
+                if isinstance(error, (ModelFull, InvalidInput, ChallengerNotFound)):  # InvalidInput: a label of another kind
                     raise error if row is None or error.row is not None else error.at_row(row)
                 if isinstance(error, CallLimitExceeded):
                     self._retract(name, replica, seq)
@@ -249,6 +287,37 @@ class ModelRegistry:
                 raise failed if row is None else failed.at_row(row)
             return seq, outcome
         raise ModelNotFound(f"No model named {name!r}.")
+
+    def take_version(self, name: str, incarnation: str | None = None) -> int:
+        """Write the model as it is now (every acknowledged learn included) as a version; its sequence.
+
+        A snapshot changes nothing, so no log entry is needed: any replica at the head writes the
+        same state its appender would.
+        """
+        replica = self.replica(name)
+        if incarnation is not None and replica.incarnation != incarnation:
+            raise ModelNotFound(f"No model named {name!r}.")
+        with replica.lock:
+            data = run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
+                               self._skipped_record(replica), replica.labels, replica.challengers, replica.drift)
+            record = versions.record(replica.seq, versions.MANUAL, describe_metrics(replica.metrics))
+            self.store.save_snapshot(replica.name, replica.incarnation, replica.seq, data,
+                                     keep=river_settings.SNAPSHOTS_KEPT, version=record)
+            return replica.seq
+
+    def recorded_keys(self, name: str, incarnation: str, keys: Sequence[str]) -> dict[str, int]:
+        """Which idempotency ``keys`` of that incarnation name a learn the model took: ``{key: its sequence}``.
+
+        The entry of a key may not be applied yet (its appender is at it): this replica
+        catches up first, so that an entry the model raises on is rejected everywhere, and
+        its keys no longer count (that learn may be tried again).
+        """
+        known = self.store.known_keys(incarnation, keys) if keys else {}
+        if not known:
+            return {}
+        if self.replica(name).incarnation != incarnation:
+            raise ModelNotFound(f"No model named {name!r}.")
+        return self.store.known_keys(incarnation, list(known))
 
     # Internals -------------------------------------------------------------
 
@@ -346,6 +415,8 @@ class ModelRegistry:
         replica.growth = GrowthWatch.from_dict(state.get("growth"), seq)
         replica.skipped, replica.skipped_from = set(skipped["seqs"]), skipped["from"]
         replica.labels = state.get("labels")
+        replica.challengers = state.get("challengers") or {}
+        replica.drift = state["drift"] if "drift" in state else default_drift(replica.flavor.name)
 
     def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
         """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``.
@@ -361,6 +432,12 @@ class ModelRegistry:
                 # The log before the newest snapshots was trimmed: start from a snapshot.
                 self._rebuild(replica, None if watch is None else watch - 1)
                 entries = self.store.entries(replica.incarnation, replica.seq, upto)
+                if watch is not None and replica.seq < upto and (not entries or entries[0].seq != replica.seq + 1):
+                    # That snapshot is an older one kept as a version: newer ones, past our own entry, were
+                    # written meanwhile and the log up to them is trimmed. Go on from the newest (another
+                    # worker applied our entry: see the end).
+                    self._rebuild(replica)
+                    entries = self.store.entries(replica.incarnation, replica.seq, upto)
             if replica.seq < upto and (not entries or entries[0].seq != replica.seq + 1
                                        or entries[-1].seq != upto or len(entries) != upto - replica.seq):
                 raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
@@ -380,7 +457,7 @@ class ModelRegistry:
                         break  # rebuilt from a snapshot without the retracted entry: read on from there
                     replica.seq = entry.seq
                     continue
-                if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") not in PREDICTIONS:
+                if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") not in NOT_LEARNS:
                     # A learn after the one that filled the model: every replica rejects it alike.
                     self.store.reject(replica.incarnation, entry.seq, FULL)
                     replica.seq = entry.seq
@@ -394,7 +471,8 @@ class ModelRegistry:
                     factor = 1 if entry.seq == watch else CATCH_UP_FACTOR
                     rows = entry_rows(data)
                     started = time.perf_counter()
-                    prediction = run_limited(batch_limit(rows) * factor, self._apply, replica, data,
+                    watched = EntryWatch()
+                    prediction = run_limited(batch_limit(rows) * factor, self._apply, replica, data, watched,
                                              memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES * factor)
                     row_seconds = (time.perf_counter() - started) / rows
                     replica.row_seconds = row_seconds if replica.row_seconds is None else (
@@ -418,8 +496,11 @@ class ModelRegistry:
                     self._rebuild(replica)
                     break
                 replica.seq = entry.seq
+                if watched.drifts:
+                    replica.drift.last_at = entry.seq
                 if entry.seq == watch:
                     outcome.prediction = prediction
+                    outcome.drifts, outcome.drift_policy = watched.drifts, replica.drift.policy if watched.drifts else "none"
                 if data.get("op") not in PREDICTIONS and replica.growth.due(entry.seq) and self._measure(replica):
                     # Every replica measures here and finds the same size: all reject this learn.
                     if entry.seq == watch:
@@ -465,25 +546,32 @@ class ModelRegistry:
         return replica.growth.full
 
     @staticmethod
-    def _apply(replica: Replica, entry: dict) -> Any:
+    def _apply(replica: Replica, entry: dict, watched: EntryWatch) -> Any:
         """Score the model's prediction (made now unless the entry carries one), then learn.
 
         A ``predict`` entry only predicts: it is logged for flavors whose models
         change when they predict, so every replica changes alike. A batch (``learn_many``,
         ``predict_many``) does the same for each of its examples; one that raises is a
-        :class:`RowFailed` (the whole entry is rejected).
+        :class:`RowFailed` (the whole entry is rejected). Each learned example also goes to the
+        model's challengers and drift detector (``watched`` gets the drifts); the lifecycle's own
+        entries (:data:`CONTROLS`) change which model serves.
         """
         op = entry.get("op")
+        if op in CONTROLS:
+            return _control(replica, entry)
         model = replica.flavor.bind(replica.model, replica.metrics, replica.labels)
-        if op == "learn_many":
-            result = each_row(lambda example: _learn(model, example), examples_of(entry, "rows"))
-        elif op == "predict_many":
+        if op == "predict_many":
             return each_row(lambda features: model.predict(dict(features)), examples_of(entry, "xs"))
-        elif op == "predict":
+        if op == "predict":
             return model.predict(dict(entry["x"]))
+        learn = _learner(replica, model, watched)
+        if op == "learn_many":
+            result = each_row(learn, examples_of(entry, "rows"))
         else:
-            result = _learn(model, entry)
+            result = learn(entry)
         replica.labels = model.labels  # an entry that raised is undone by a rebuild, labels included
+        if watched.drifts:
+            _after_drift(replica)
         return result
 
     @staticmethod
@@ -492,20 +580,136 @@ class ModelRegistry:
         floor = max(replica.skipped_from, replica.seq - RETRACT_WINDOW)
         return {"seqs": sorted(seq for seq in replica.skipped if seq > floor), "from": floor}
 
-    def _snapshot(self, replica: Replica) -> None:
+    def _snapshot(self, replica: Replica, kind: str = versions.SNAPSHOT, **details: Any) -> bool:
+        """Write the replica's state as a snapshot: a version (``kind``: why it was written). False: it failed."""
         try:
             started = time.perf_counter()
             data = run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
-                               self._skipped_record(replica), replica.labels)
+                               self._skipped_record(replica), replica.labels, replica.challengers, replica.drift)
             replica.dump_seconds = time.perf_counter() - started
+            record = versions.record(replica.seq, kind, describe_metrics(replica.metrics), **details)
             self.store.save_snapshot(replica.name, replica.incarnation, replica.seq, data,
-                                     keep=river_settings.SNAPSHOTS_KEPT)
+                                     keep=river_settings.SNAPSHOTS_KEPT, version=record)
         except Exception:  # a missed snapshot only lengthens the next replay
             logger.exception("Could not snapshot model %s at %s", replica.name, replica.seq)
+            return False
+        return True
 
 
 #: Entries that only predict (logged for flavors whose models change when they predict).
 PREDICTIONS = frozenset({"predict", "predict_many"})
+#: What a ``challenge`` entry gives back when the model had MAX_CHALLENGERS challengers (see :func:`_control`).
+CHALLENGERS_FULL = "challengers-full"
+#: The lifecycle's entries (see :func:`_control`): they change which model serves, learning nothing.
+CONTROLS = frozenset({"restore", "challenge", "withdraw", "promote"})
+#: Entries a full model still takes.
+NOT_LEARNS = PREDICTIONS | CONTROLS
+
+
+def _control(replica: Replica, entry: dict) -> None:
+    """Apply a lifecycle entry: the same change in every replica.
+
+    - ``restore``: the model of a version (``state``: its snapshot), with its metrics, serves from here on (a
+      rollback); the challengers learning now go on learning beside it.
+    - ``challenge``: challenger ``name`` (``state``: a pickled :class:`Challenger`) joins, or is replaced.
+    - ``withdraw``: challenger ``name`` leaves.
+    - ``promote``: challenger ``challenger`` serves in the champion's place, with what it has learned.
+    """
+    op = entry["op"]
+    if op == "restore":
+        state = load_state(entry["state"])
+        replica.model, replica.metrics, replica.labels = state["model"], state["metrics"], state.get("labels")
+        if replica.drift is not None:
+            replica.drift = replica.drift.restarted()
+        size = GrowthWatch.from_dict(state.get("growth"), replica.seq)
+        replica.growth = GrowthWatch(size=size.size, seq=replica.seq, next=replica.seq + 1, full=size.full)
+    elif op == "challenge":
+        most = entry.get("most")  # MAX_CHALLENGERS when it was appended: two workers adding at once are held to it
+        if most is not None and entry["name"] not in replica.challengers and len(replica.challengers) >= most:
+            return CHALLENGERS_FULL  # the appender refuses it; the entry changes nothing anywhere
+        replica.challengers = {**replica.challengers, entry["name"]: pickle.loads(entry["state"])}  # noqa: S301 - ours
+    elif op == "withdraw":
+        replica.challengers = {k: v for k, v in replica.challengers.items() if k != entry["name"]}
+    elif op == "promote":
+        if entry["challenger"] not in replica.challengers:
+            raise ChallengerNotFound(f"Model {replica.name!r} has no challenger named {entry['challenger']!r}.")
+        _promote(replica, entry["challenger"])
+
+
+def _promote(replica: Replica, name: str) -> None:
+    challengers = dict(replica.challengers)
+    winner = challengers.pop(name)
+    replica.model, replica.metrics, replica.labels = winner.model, winner.metrics, winner.labels
+    replica.challengers = challengers
+    if replica.drift is not None:
+        replica.drift = replica.drift.restarted()
+
+
+def _learner(replica: Replica, model: BoundModel, watched: EntryWatch) -> Callable[[dict], Any]:
+    """How this entry learns one example: the model, then its drift detector and its challengers."""
+    drift, challengers, flavor = replica.drift, replica.challengers, replica.flavor
+    watching = drift is not None and drift.detector is not None
+    if not watching and not challengers:
+        return lambda example: _learn(model, example)
+    examples = itertools.count()
+
+    def learn(example: dict) -> Any:
+        index = next(examples)
+        prediction = _learn(model, example)
+        target = example.get("y")
+        if watching:
+            error = prediction_error(drift.numeric, target, prediction)
+            if error is not None and drift.update(error):
+                watched.drifts.append(index)
+        if challengers:
+            learn_challengers(flavor, challengers, example["x"], target)
+        return prediction
+
+    return learn
+
+
+def _after_drift(replica: Replica) -> None:
+    """The model's drift policy, once the entry that found a drift is learned."""
+    policy = replica.drift.policy
+    if policy == "reset":
+        replica.model = replica.model.clone()
+        replica.drift = replica.drift.restarted()
+    elif policy == "promote":
+        best = best_challenger(replica.challengers)
+        if best is not None:
+            _promote(replica, best)
+
+
+def snapshot_kind(entry: dict, outcome: Outcome) -> str | None:
+    """Why the appender writes a version right after this entry (None: no reason beyond the routine)."""
+    kind = {"restore": versions.ROLLBACK, "promote": versions.PROMOTE}.get(entry.get("op"))
+    if kind is not None:
+        return kind
+    if outcome.drifts and outcome.drift_policy != "none":
+        return versions.DRIFT
+    return None
+
+
+def _version_details(entry: dict) -> dict:
+    """What a version's record says of the entry it follows (the version rolled back to, the challenger)."""
+    return {key: entry[key] for key in ("from_version", "challenger") if key in entry}
+
+
+def default_drift(flavor: str) -> DriftWatch | None:
+    """The drift watch of a snapshot from before drift detection (the settings' detector, alike everywhere)."""
+    try:
+        return DriftWatch.new(flavor, river_settings.DRIFT_DETECTOR, river_settings.DRIFT_POLICY)
+    except InvalidInput:
+        return None
+
+
+
+class KeysKnown(Exception):
+    """Idempotency keys an earlier learn recorded (``known``: key to its entry's sequence): nothing was appended."""
+
+    def __init__(self, known: dict[str, int]):
+        super().__init__(f"{len(known)} idempotency keys are recorded already")
+        self.known = known
 
 
 class RejectedElsewhere(Exception):

@@ -14,12 +14,17 @@ django_river_ml.exceptions.InvalidInput: Feature 'age' is nan; only finite numbe
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from django_river_ml.exceptions import InvalidInput
 from django_river_ml.settings import river_settings
 
 MAX_IDENTIFIER_LENGTH = 200
+# An idempotency key: 1 to this many visible ASCII characters (no spaces), so it travels as an HTTP
+# header unchanged and fits a Redis stream's entry id with its stream's name.
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+IDEMPOTENCY_KEY_PATTERN = re.compile(f"[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LENGTH}}}")
 # Deeper values would overflow Python's recursion when they are stored or compared.
 MAX_NESTING = 20
 # The types JSON gives feature values (checked by identity first: a batch checks thousands).
@@ -77,6 +82,24 @@ def validate_identifier(identifier: Any) -> str | None:
     return identifier
 
 
+def validate_idempotency_key(key: Any) -> str | None:
+    """An idempotency key (None: the learn has none).
+
+    >>> validate_idempotency_key("7d9f0c2e-retry")
+    '7d9f0c2e-retry'
+    >>> validate_idempotency_key("two words")
+    Traceback (most recent call last):
+    ...
+    django_river_ml.exceptions.InvalidInput: idempotency_key must be 1 to 200 visible ASCII characters (no spaces).
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        raise InvalidInput(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters "
+                           "(no spaces).")
+    return key
+
+
 def validate_value(field: str, value: Any) -> Any:
     """A target or label: finite numbers only, and not nested deeper than MAX_NESTING."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -84,3 +107,16 @@ def validate_value(field: str, value: Any) -> Any:
     if nested_deeper_than(value, MAX_NESTING):
         raise InvalidInput(f"{field} is nested more than {MAX_NESTING} levels deep.")
     return value
+
+
+#: Version numbers stay within what SQLite and JSON clients hold exactly.
+MAX_VERSION = 2**53
+
+
+def validate_version(version: Any) -> int:
+    """A version number: a whole number from 1 (JSON's ``3``, or ``"3"`` from a query string)."""
+    if isinstance(version, str) and version.isascii() and version.isdigit() and len(version) <= 16:
+        version = int(version)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MAX_VERSION:
+        raise InvalidInput(f"version must be a whole number of at least 1, not {version!r}.")
+    return version

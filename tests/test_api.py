@@ -81,7 +81,8 @@ def test_full_cycle_for_each_flavor(api, flavor):
     assert stats["predict"]["n_calls"] == 1
     for operation in ("learn", "predict"):
         assert set(stats[operation]) == {"n_calls", "mean_duration", "mean_duration_human", "ewm_duration",
-                                         "ewm_duration_human"}
+                                         "ewm_duration_human", "p50_duration", "p50_duration_human", "p95_duration",
+                                         "p95_duration_human", "p99_duration", "p99_duration_human", "rate_per_second"}
         assert stats[operation]["mean_duration"] > 0
         assert stats[operation]["ewm_duration"] > 0
 

@@ -269,3 +269,29 @@ def test_another_users_models_never_appear(live_server_factory, chromium):
     assert "bob" not in chromium.content()
     screenshot(chromium, "dashboard-own-models-only")
     assert not chromium.errors, chromium.errors
+
+
+@pytest.mark.live
+def test_a_drift_shows_on_its_models_card(live_server_factory, chromium):
+    """A drift found while the page is open: the feed shows the drift event and the card its count, and a
+    fresh page shows the count from the stats."""
+    server = start_site(live_server_factory)
+    ada = API(server, make_user(server, "ada"))
+    ada.upload("regression", "drifting")
+    sign_in(chromium, server, "ada")
+    card = 'article[data-model="drifting"]'
+    chromium.wait_for_selector(card, timeout=PATIENCE_MS)
+    assert chromium.locator(f"{card} [data-drifts]").is_hidden()
+    # y = x, then y = 50 - 10x from row 300 on: the model's errors jump, and ADWIN finds it.
+    rows = [{"features": {"x": (i % 10) / 10}, "ground_truth": (i % 10) / 10 if i < 300 else 50 - i % 10}
+            for i in range(400)]
+    answer = ada.session.post(ada.base + "learn/", json={"model": "drifting", "examples": rows}, timeout=60)
+    assert answer.status_code == 201, answer.text
+    assert ada.session.get(ada.base + "stats/", params={"model": "drifting"}).json()["drift"]["n_calls"] >= 1
+    chromium.wait_for_selector(f'{card} li[data-event="drift"]', timeout=PATIENCE_MS)
+    chromium.wait_for_selector(f"{card} [data-drifts]:not([hidden])", timeout=PATIENCE_MS)
+    assert "drift" in chromium.inner_text(f"{card} [data-drifts]")
+    chromium.reload()
+    chromium.wait_for_selector(f"{card} [data-drifts]:not([hidden])", timeout=PATIENCE_MS)
+    screenshot(chromium, "dashboard-drift")
+    assert not chromium.errors, chromium.errors

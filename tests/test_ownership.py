@@ -254,7 +254,7 @@ def operations() -> dict:
 def assert_untouched(name: str = "alices", owner: str = "alice") -> None:
     full = DjangoClient()
     assert name in full.models()
-    assert {op: s["n_calls"] for op, s in full.stats(name).items()} == {"learn": 0, "predict": 0, "label": 0}
+    assert {op: s["n_calls"] for op, s in full.stats(name).items()} == {"learn": 0, "predict": 0, "label": 0, "drift": 0}
     assert full.get_access(name) == {"owner": owner, "users": [], "groups": []}
 
 

@@ -28,6 +28,7 @@ DRIVER = Path(__file__).resolve().parent / "published_client_driver.py"
 N_LEARN = 12
 SUPERVISED = ("regression", "binary", "multiclass")
 LABELLED = ("regression", "binary", "multiclass", "custom")
+# What the published client's users read; the server adds percentiles and rates (docs/monitoring.md).
 STAT_FIELDS = {"n_calls", "mean_duration", "mean_duration_human", "ewm_duration", "ewm_duration_human"}
 PIPELINE_TYPE = {flavor: "Pipeline" for flavor in FLAVORS} | {"custom": "RunningMean"}
 
@@ -186,7 +187,7 @@ def check_flavor(flavor: str, r: dict) -> None:
     if "label" in stats:
         assert stats["label"]["n_calls"] == (1 if flavor in LABELLED else 0), where + str(stats)
     for operation in ("learn", "predict"):
-        assert set(stats[operation]) == STAT_FIELDS, where + str(stats[operation])
+        assert STAT_FIELDS <= set(stats[operation]), where + str(stats[operation])
         assert isinstance(stats[operation]["mean_duration"], int) and stats[operation]["mean_duration"] > 0
         assert isinstance(stats[operation]["ewm_duration"], int) and stats[operation]["ewm_duration"] > 0
         assert re.fullmatch(r"[0-9.]+ (ns|µs|ms|s)", stats[operation]["mean_duration_human"])

@@ -123,10 +123,11 @@ def test_errors_answers_and_quirks_are_documented(client, open_api):
         assert "JSON body" in model["description"] and "form" in model["description"]
         assert {"400", "404"} <= set(operation["responses"])
     stats = document["components"]["schemas"]["Stats"]
-    assert set(stats["required"]) == {"learn", "predict", "label"}
+    assert set(stats["required"]) == {"learn", "predict", "label", "drift"}
     call = document["components"]["schemas"]["CallStats"]
     assert set(call["required"]) == {"n_calls", "mean_duration", "mean_duration_human", "ewm_duration",
-                                     "ewm_duration_human"}
+                                     "ewm_duration_human", "p50_duration", "p50_duration_human", "p95_duration",
+                                     "p95_duration_human", "p99_duration", "p99_duration_human", "rate_per_second"}
     info = document["components"]["schemas"]["ServiceInfo"]
     assert set(info["required"]) == {"baseurl", "id", "status", "name", "description", "documentationUrl",
                                      "prefix", "storage", "river_version", "version"}
@@ -222,7 +223,8 @@ def test_batches_are_documented_as_their_serializers_declare_them(client, open_a
                                                   {"$ref": "#/components/schemas/PredictBatch"}]
     examples = components["LearnBatch"]["properties"]["examples"]
     assert examples["items"] == {"$ref": "#/components/schemas/LearnExample"} and examples["minItems"] == 1
-    assert set(components["LearnExample"]["properties"]) == {"features", "ground_truth", "identifier"}
+    assert set(components["LearnExample"]["properties"]) == {"features", "ground_truth", "identifier",
+                                                             "idempotency_key"}
     assert components["LearnedBatch"]["required"] == ["learned", "model", "sequence"]
     assert components["PredictedBatch"]["properties"]["predictions"]["items"] == {
         "$ref": "#/components/schemas/BatchPrediction"}

@@ -233,10 +233,10 @@ def count_applied(monkeypatch) -> dict:
     applied: dict[int, int] = {}
     real = ModelRegistry._apply
 
-    def counting(replica, entry):
+    def counting(replica, entry, watched):
         registry = counting.registry_of.get(id(replica), 0)
         applied[registry] = applied.get(registry, 0) + state.entry_rows(entry)
-        return real(replica, entry)
+        return real(replica, entry, watched)
 
     counting.registry_of = {}
     monkeypatch.setattr(ModelRegistry, "_apply", staticmethod(counting))

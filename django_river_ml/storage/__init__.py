@@ -19,6 +19,7 @@ import threading
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from django_river_ml import callstats
 from django_river_ml.settings import STORAGE_BACKENDS, river_settings
 from django_river_ml.storage.base import Access, CallStats, LogEntry, ModelInfo, Store
 
@@ -79,10 +80,11 @@ def get_store() -> Store:
 
 
 def reset_store() -> None:
-    """Forget the store (and, through the registry, every replica built on it)."""
+    """Forget the store (and, through the registry, every replica built on it), once it has the counts held for it."""
     global _store
     with _lock:
         if _store is not None and _store_pid == os.getpid():
+            callstats.flush(_store)
             _store.close()
         _store = None
 

@@ -5,7 +5,8 @@ assigns each entry its sequence number atomically: a successful
 :meth:`Store.append` is the commit point of a learn. Everything is keyed by
 the model's *incarnation* (a uuid made at upload), so an entry appended for a
 model that was deleted or replaced meanwhile is refused instead of landing
-in its successor.
+in its successor. A learn's idempotency keys are recorded in the same step as
+its entry (:meth:`Store.append_keyed`), so a retried learn cannot land twice.
 
 A model's :class:`Access` (owner, users and groups it is shared with) lives
 with it, so every worker and host sees the same and deleting the model removes
@@ -19,8 +20,11 @@ Values are opaque bytes; pickling is the caller's business.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from django_river_ml.exceptions import NotSupported
 
 if TYPE_CHECKING:
     from django_river_ml.callstats import Tally
@@ -75,6 +79,8 @@ class CallStats:
     n_calls: int
     total_ns: int
     ewm_ns: float
+    buckets: Mapping[int, int] = field(default_factory=dict)  # latency histogram: bucket index -> calls
+    slots: Mapping[int, int] = field(default_factory=dict)  # rate slot -> calls, of the last minute or so
 
 
 class Store(abc.ABC):
@@ -83,17 +89,18 @@ class Store(abc.ABC):
     #: The value of STORAGE_BACKEND that selects this store.
     backend_name: str
 
-    # Models ----------------------------------------------------------------
-
-    @abc.abstractmethod
-    def create_model(self, name: str, flavor: str, incarnation: str, snapshot: bytes, access: Access = Access(),
-                     expect: str | None = ANY, max_owned: int | None = None) -> str:
     @classmethod
     def from_settings(cls, settings) -> Store:
         """The store the settings (``river_settings``) describe; a store that needs any sets this up."""
         return cls()
 
-        """Store a new model (snapshot at sequence 0) with its access, replacing the model of that name.
+    # Models ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_model(self, name: str, flavor: str, incarnation: str, snapshot: bytes, access: Access = Access(),
+                     expect: str | None = ANY, max_owned: int | None = None, version: dict | None = None) -> str:
+        """Store a new model (snapshot at sequence 0, with its ``version`` record) with its access, replacing
+        the model of that name.
 
         ``expect`` makes it a compare-and-set: None, only if no model has the name;
         an incarnation, only if that is the current one (else CONFLICT). With
@@ -143,13 +150,49 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def reject(self, incarnation: str, seq: int, reason: int = 1) -> None:
-        """Mark an entry as rejected (``REJECTED``, or ``FULL``): replicas skip it from now on."""
+        """Mark an entry as rejected (``REJECTED``, or ``FULL``): replicas skip it from now on.
+
+        The idempotency keys recorded with it no longer count (see :meth:`append_keyed`).
+        """
+
+    # Idempotency keys ------------------------------------------------------
+
+    def append_keyed(self, name: str, incarnation: str, data: bytes, keys: Sequence[str], keep_seconds: float,
+                     max_keys: int) -> int | dict[str, int] | None:
+        """:meth:`append`, recording the entry's idempotency ``keys`` in the same step, unless one is recorded.
+
+        Returns the new entry's sequence; or, when some of ``keys`` are recorded already,
+        ``{key: sequence of its entry}`` of those, and nothing is appended; None if that
+        incarnation is gone. So two appends racing with one key cannot both append. A key
+        counts for that incarnation only, for ``keep_seconds``; beyond ``max_keys`` keys the
+        oldest are forgotten. The keys of a rejected entry do not count: the learn it was may be
+        tried again (it had no effect). Stores that record no keys refuse keyed learns.
+        """
+        raise NotSupported(f"The {self.backend_name} store does not record idempotency keys.")
+
+    def known_keys(self, incarnation: str, keys: Sequence[str]) -> dict[str, int]:
+        """Which of ``keys`` count for ``incarnation`` (see :meth:`append_keyed`): ``{key: sequence}``."""
+        raise NotSupported(f"The {self.backend_name} store does not record idempotency keys.")
 
     # Snapshots -------------------------------------------------------------
 
     @abc.abstractmethod
-    def save_snapshot(self, name: str, incarnation: str, seq: int, data: bytes, keep: int) -> None:
-        """Store a snapshot; keep the newest ``keep`` and trim the log they no longer need."""
+    def save_snapshot(self, name: str, incarnation: str, seq: int, data: bytes, keep: int,
+                      version: dict | None = None) -> None:
+        """Store a snapshot, a version with its ``version`` record (:mod:`django_river_ml.versions`).
+
+        The newest ``keep`` snapshots stay, and the log they no longer need is trimmed; older ones stay
+        while they are versions the retention policy keeps (:func:`~django_river_ml.versions.expired_now`).
+        A version's number is the next of its incarnation (a snapshot saved again keeps its number).
+        """
+
+    @abc.abstractmethod
+    def versions(self, incarnation: str) -> list[dict]:
+        """The version records of an incarnation, oldest first, each with its number (``version``)."""
+
+    @abc.abstractmethod
+    def version_snapshot(self, incarnation: str, version: int) -> tuple[int, bytes] | None:
+        """(sequence, bytes) of version ``version``; None if there is no such version (or no longer)."""
 
     @abc.abstractmethod
     def latest_snapshot(self, incarnation: str, at_most: int | None = None) -> tuple[int, bytes] | None:
@@ -182,6 +225,8 @@ class Store(abc.ABC):
         """Add a process's calls of one operation to the model's stats (see :mod:`django_river_ml.callstats`).
 
         Only while ``incarnation`` is the model's: calls of a deleted or replaced model are dropped.
+        Counts, histogram buckets and rate slots are added in one step; slots older than
+        ``callstats.oldest_slot_kept`` are dropped.
         """
 
     @abc.abstractmethod
@@ -191,6 +236,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def call_stats(self, name: str) -> dict[str, CallStats]:
         """Stats per operation name."""
+
+    def record_errors(self, counts: Mapping[tuple[str, int], int]) -> None:
+        """Add a process's failed calls, by (route name, HTTP status). A store that keeps none drops them."""
+
+    def error_counts(self) -> dict[tuple[str, int], int]:
+        """Failed calls of every worker since the store was made, by (route name, HTTP status)."""
+        return {}
 
     # Lifecycle -------------------------------------------------------------
 

@@ -12,9 +12,15 @@ never lost. Keys (prefix ``REDIS_KEY_PREFIX``)::
     <p>:rejected:<incarnation>     set of rejected sequence numbers ("<seq>:2": rejected as full)
     <p>:snapshots:<incarnation>    sorted set of snapshot sequence numbers
     <p>:snapshot:<incarnation>:<seq>
+    <p>:versions:<incarnation>     hash: snapshot sequence -> version record (JSON; django_river_ml/versions.py)
+    <p>:version-numbers:<incarnation>  hash: snapshot sequence -> version number, and n: the last one given
+    <p>:keys:<incarnation>         hash: idempotency key -> sequence of the entry it was recorded with
+    <p>:keyage:<incarnation>       sorted set of those keys by expiry (for expiry and eviction)
     <p>:id:<name>:<identifier>     pending prediction, with a TTL
     <p>:ids:<name>                 sorted set of a model's pending identifiers by expiry (for eviction)
-    <p>:stats:<name>               hash: <op>:n, <op>:total, <op>:ewm
+    <p>:stats:<name>               hash: <op>:n, <op>:total, <op>:ewm, <op>:b<bucket> (latency histogram)
+    <p>:rates:<name>               hash: <op>:<slot> calls per rate slot (the last minute; expires when idle)
+    <p>:errors                     hash: <route>:<status> failed calls
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from django_river_ml import callstats, versions
 from django_river_ml.exceptions import StorageUnavailable
 from django_river_ml.storage.base import ANY, OK, Access, CallStats, LogEntry, ModelInfo, Store
 
@@ -51,6 +58,10 @@ redis.call('SADD', KEYS[2], ARGV[1])
 if owner ~= '' then redis.call('SADD', KEYS[5] .. owner, ARGV[1]) end
 redis.call('SET', KEYS[3], ARGV[5])
 redis.call('ZADD', KEYS[4], 0, 0)
+if ARGV[11] ~= '' then
+    redis.call('HSET', KEYS[6], 0, ARGV[11])
+    redis.call('HSET', KEYS[7], 0, redis.call('HINCRBY', KEYS[7], 'n', 1))
+end
 return {'ok', old or ''}
 """
 
@@ -108,6 +119,57 @@ redis.call('XADD', KEYS[2], seq .. '-1', 'd', ARGV[2])
 return seq
 """
 
+# The idempotency keys in ARGV[first..] that count: recorded (KEYS hash), unexpired (ages: sorted set by
+# expiry) and not of a rejected entry. A flat list: key, sequence, key, sequence, ...
+KNOWN_KEYS_FUNCTION = """
+local function known_keys(hash, ages, rejected, now, first)
+    local known = {}
+    for i = first, #ARGV do
+        local seq = redis.call('HGET', hash, ARGV[i])
+        if seq and tonumber(redis.call('ZSCORE', ages, ARGV[i]) or '0') > now
+                and redis.call('SISMEMBER', rejected, seq) == 0
+                and redis.call('SISMEMBER', rejected, seq .. ':2') == 0 then
+            known[#known + 1] = ARGV[i]
+            known[#known + 1] = seq
+        end
+    end
+    return known
+end
+"""
+
+# KEYS: model, log, keys hash, keys by expiry, rejected. ARGV: incarnation, entry, now (ms), keep (ms),
+# max keys, the keys. The known keys (nothing appended), -1 (incarnation gone), or the new sequence.
+APPEND_KEYED = KNOWN_KEYS_FUNCTION + """
+local now, keep, max_keys = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000 + #ARGV)
+for _, key in ipairs(expired) do
+    redis.call('HDEL', KEYS[3], key)
+    redis.call('ZREM', KEYS[4], key)
+end
+local known = known_keys(KEYS[3], KEYS[4], KEYS[5], now, 6)
+if #known > 0 then return known end
+if redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[1] then return -1 end
+local seq = redis.call('HINCRBY', KEYS[1], 'head', 1)
+redis.call('XADD', KEYS[2], seq .. '-1', 'd', ARGV[2])
+for i = 6, #ARGV do
+    redis.call('HSET', KEYS[3], ARGV[i], seq)
+    redis.call('ZADD', KEYS[4], now + keep, ARGV[i])
+end
+local over = redis.call('ZCARD', KEYS[4]) - max_keys
+if over > 0 then
+    local oldest = redis.call('ZPOPMIN', KEYS[4], over)
+    for i = 1, #oldest, 2 do redis.call('HDEL', KEYS[3], oldest[i]) end
+end
+redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('PEXPIRE', KEYS[4], keep)
+return seq
+"""
+
+# KEYS: keys hash, keys by expiry, rejected. ARGV: now (ms), the keys.
+KNOWN_KEYS = KNOWN_KEYS_FUNCTION + """
+return known_keys(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), 2)
+"""
+
 RECORD_CALLS = """
 if redis.call('HGET', KEYS[2], 'incarnation') ~= ARGV[1] then return 0 end
 local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2] .. ':n') or '0')
@@ -119,22 +181,56 @@ redis.call('HSET', KEYS[1], ARGV[2] .. ':ewm', tostring(tonumber(ARGV[6]) * star
 local used = redis.call('ZSCORE', KEYS[3], ARGV[9])
 if not used or tonumber(used) < tonumber(ARGV[8]) then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[9]) end
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1001)
+local i = 13
+for _ = 1, tonumber(ARGV[12]) do
+    redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':b' .. ARGV[i], ARGV[i + 1])
+    i = i + 2
+end
+while i < #ARGV do
+    redis.call('HINCRBY', KEYS[4], ARGV[2] .. ':' .. ARGV[i], ARGV[i + 1])
+    i = i + 2
+end
+local oldest = tonumber(ARGV[10])
+for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+    local slot = tonumber(string.match(field, ':(%-?%d+)$'))
+    if slot and slot < oldest then redis.call('HDEL', KEYS[4], field) end
+end
+redis.call('EXPIRE', KEYS[4], ARGV[11])
 return 1
 """
 
+# KEYS: model, snapshots (sorted set), snapshot key prefix, log, versions (seq -> record), version numbers
+# (seq -> number, and "n": the last). ARGV: incarnation, seq, data, keep, record ('': not a version; it replaces
+# only a routine snapshot's record at that sequence), the
+# sequences of the versions the retention policy drops (space separated; never one of the newest ``keep``).
 SAVE_SNAPSHOT = """
 if redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[3] .. ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
-local keep = tonumber(ARGV[4])
-local total = redis.call('ZCARD', KEYS[2])
-if total > keep then
-    local old = redis.call('ZRANGE', KEYS[2], 0, total - keep - 1)
-    for _, seq in ipairs(old) do redis.call('DEL', KEYS[3] .. seq) end
-    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, total - keep - 1)
+if ARGV[5] ~= '' then
+    local kept = redis.call('HGET', KEYS[5], ARGV[2])
+    if not kept or string.find(kept, '"kind":"snapshot"', 1, true) then redis.call('HSET', KEYS[5], ARGV[2], ARGV[5]) end
+    if redis.call('HEXISTS', KEYS[6], ARGV[2]) == 0 then
+        redis.call('HSET', KEYS[6], ARGV[2], redis.call('HINCRBY', KEYS[6], 'n', 1))
+    end
 end
-local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
-redis.call('XTRIM', KEYS[4], 'MINID', (tonumber(oldest) + 1) .. '-0')
+local newest = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[4]) - 1)
+local oldest = tonumber(newest[#newest])
+local newer = {}
+for _, seq in ipairs(newest) do newer[seq] = true end
+local function drop(seq)
+    redis.call('DEL', KEYS[3] .. seq)
+    redis.call('ZREM', KEYS[2], seq)
+    redis.call('HDEL', KEYS[5], seq)
+    redis.call('HDEL', KEYS[6], seq)
+end
+for _, seq in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)) do
+    if redis.call('HEXISTS', KEYS[5], seq) == 0 then drop(seq) end
+end
+for seq in string.gmatch(ARGV[6], '%S+') do
+    if not newer[seq] then drop(seq) end
+end
+redis.call('XTRIM', KEYS[4], 'MINID', (oldest + 1) .. '-0')
 return 1
 """
 
@@ -152,34 +248,14 @@ class RedisStore(Store):
         self._set_access = client.register_script(SET_ACCESS)
         self._put_identifier = client.register_script(PUT_IDENTIFIER)
         self._append = client.register_script(APPEND)
+        self._append_keyed = client.register_script(APPEND_KEYED)
+        self._known_keys = client.register_script(KNOWN_KEYS)
         self._record_calls = client.register_script(RECORD_CALLS)
         self._save_snapshot = client.register_script(SAVE_SNAPSHOT)
 
     @classmethod
     def from_settings(cls, settings) -> RedisStore:
-        """A client that gives up on a stalled Redis within the timeouts and never retries by itself.
-
-        Without timeouts every request hangs as long as Redis stalls. redis-py's own
-        retries (ten by default) would multiply the wait and resend a write, an
-        append, that may have landed already: a failure goes to the caller instead
-        (a 503), who retries knowing it.
-        """
-        options = {
-            "socket_timeout": float(settings.REDIS_SOCKET_TIMEOUT),
-            "socket_connect_timeout": float(settings.REDIS_SOCKET_CONNECT_TIMEOUT),
-            "retry": Retry(NoBackoff(), 0),
-        }
-        if settings.REDIS_URL:
-            client = redis.Redis.from_url(settings.REDIS_URL, **options)
-        else:
-            client = redis.Redis(
-                host=settings.REDIS_HOST,
-                port=int(settings.REDIS_PORT),
-                db=int(settings.REDIS_DB),
-                password=settings.REDIS_PASSWORD or None,
-                **options,
-            )
-        return cls(client, settings.REDIS_KEY_PREFIX)
+        return cls(connect(settings), settings.REDIS_KEY_PREFIX)
 
     def key(self, *parts: object) -> str:
         return ":".join((self.prefix, *map(str, parts)))
@@ -211,13 +287,15 @@ class RedisStore(Store):
 
     # Models
 
-    def create_model(self, name, flavor, incarnation, snapshot, access=Access(), expect=ANY, max_owned=None):
+    def create_model(self, name, flavor, incarnation, snapshot, access=Access(), expect=ANY, max_owned=None,
+                     version=None):
         outcome, old = self._call(
             self._create,
             keys=[self.key("model", name), self.key("models"), self.key("snapshot", incarnation, 0),
-                  self.key("snapshots", incarnation), self.key("owned", "")],
+                  self.key("snapshots", incarnation), self.key("owned", ""), self.key("versions", incarnation),
+                  self.key("version-numbers", incarnation)],
             args=[name, flavor, incarnation, time.time(), snapshot, *_access_fields(access),
-                  "" if expect is None else expect, max_owned or 0],
+                  "" if expect is None else expect, max_owned or 0, _json(version) if version is not None else ""],
         )
         if outcome.decode() != OK:
             return outcome.decode()
@@ -260,11 +338,13 @@ class RedisStore(Store):
 
     def _drop_model_data(self, name: str, incarnation: str | None) -> None:
         """Remove what hangs on a model: stats and identifiers by name, log and snapshots by incarnation."""
-        keys = [self.key("stats", name), self.key("ids", name)]
+        keys = [self.key("stats", name), self.key("rates", name), self.key("ids", name)]
         if incarnation:
             snapshots = self._call(self.redis.zrange, self.key("snapshots", incarnation), 0, -1)
             keys += [self.key("log", incarnation), self.key("rejected", incarnation),
-                     self.key("snapshots", incarnation)]
+                     self.key("snapshots", incarnation), self.key("versions", incarnation),
+                     self.key("version-numbers", incarnation), self.key("keys", incarnation),
+                     self.key("keyage", incarnation)]
             keys += [self.key("snapshot", incarnation, seq.decode()) for seq in snapshots]
         pattern = self.key("id", _glob_escape(name), "*")
         keys += list(self._call(self.redis.scan_iter, match=pattern, count=1000))
@@ -278,6 +358,26 @@ class RedisStore(Store):
             self._append, keys=[self.key("model", name), self.key("log", incarnation)], args=[incarnation, data]
         )
         return None if seq == -1 else int(seq)
+
+    def append_keyed(self, name, incarnation, data, keys, keep_seconds, max_keys):
+        result = self._call(
+            self._append_keyed,
+            keys=[self.key("model", name), self.key("log", incarnation), *self._key_sets(incarnation)],
+            args=[incarnation, data, repr(time.time() * 1000), max(int(keep_seconds * 1000), 1), max_keys,
+                  *dict.fromkeys(keys)],
+        )
+        if isinstance(result, list):
+            return _pairs(result)
+        return None if result == -1 else int(result)
+
+    def known_keys(self, incarnation, keys):
+        found = self._call(self._known_keys, keys=self._key_sets(incarnation),
+                           args=[repr(time.time() * 1000), *keys])
+        return _pairs(found)
+
+    def _key_sets(self, incarnation: str) -> list[str]:
+        """What the idempotency key scripts read: the keys, their expiries, the rejected entries."""
+        return [self.key("keys", incarnation), self.key("keyage", incarnation), self.key("rejected", incarnation)]
 
     def entries(self, incarnation, after, upto):
         if upto <= after:
@@ -301,13 +401,38 @@ class RedisStore(Store):
 
     # Snapshots
 
-    def save_snapshot(self, name, incarnation, seq, data, keep):
+    def save_snapshot(self, name, incarnation, seq, data, keep, version=None):
+        dropped = ""
+        if version is not None:
+            records = {r["sequence"]: r for r in map(json.loads, self._call(self.redis.hvals,
+                                                                            self.key("versions", incarnation)))}
+            if records.get(seq, {}).get("kind", versions.SNAPSHOT) == versions.SNAPSHOT:  # as SAVE_SNAPSHOT keeps it
+                records[seq] = version  # one version per sequence: a snapshot saved again is not two
+            dropped = " ".join(map(str, sorted(versions.expired_now(records.values()) - {seq})))
         self._call(
             self._save_snapshot,
             keys=[self.key("model", name), self.key("snapshots", incarnation), self.key("snapshot", incarnation, ""),
-                  self.key("log", incarnation)],
-            args=[incarnation, seq, data, keep],
+                  self.key("log", incarnation), self.key("versions", incarnation),
+                  self.key("version-numbers", incarnation)],
+            args=[incarnation, seq, data, keep, _json(version) if version is not None else "", dropped],
         )
+
+    def versions(self, incarnation):
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(self.key("versions", incarnation))
+        pipe.hgetall(self.key("version-numbers", incarnation))
+        records, numbers = self._call(pipe.execute)
+        found = [{**json.loads(record), "version": int(numbers[seq])} for seq, record in records.items()
+                 if seq in numbers]
+        return sorted(found, key=lambda record: record["version"])
+
+    def version_snapshot(self, incarnation, version):
+        numbers = self._call(self.redis.hgetall, self.key("version-numbers", incarnation))
+        seq = next((s.decode() for s, n in numbers.items() if s != b"n" and int(n) == version), None)
+        if seq is None:
+            return None
+        data = self._call(self.redis.get, self.key("snapshot", incarnation, seq))
+        return (int(seq), data) if data is not None else None
 
     def latest_snapshot(self, incarnation, at_most=None):
         for _ in range(3):  # a snapshot trimmed between the two reads: look again
@@ -344,15 +469,23 @@ class RedisStore(Store):
     # Stats
 
     def record_calls(self, name, incarnation, operation, tally):
-        self._call(self._record_calls, keys=[self.key("stats", name), self.key("model", name), self.key("recent")],
+        counts = [*_flattened(tally.buckets), *_flattened(tally.slots)]
+        self._call(self._record_calls,
+                   keys=[self.key("stats", name), self.key("model", name), self.key("recent"), self.key("rates", name)],
                    args=[incarnation, operation, tally.calls, tally.total_ns, tally.first_ns, repr(tally.decay),
-                         repr(tally.add), repr(tally.last_at), name])
+                         repr(tally.add), repr(tally.last_at), name, callstats.oldest_slot_kept(time.time()),
+                         2 * callstats.RATE_WINDOW_SECONDS, len(tally.buckets), *counts])
 
     def recent_models(self, limit):
         return [name.decode() for name in self._call(self.redis.zrevrange, self.key("recent"), 0, limit - 1)]
 
     def call_stats(self, name):
-        fields = {k.decode(): v for k, v in self._call(self.redis.hgetall, self.key("stats", name)).items()}
+        pipe = self.redis.pipeline(transaction=True)  # one moment: the histogram adds up to the counts
+        pipe.hgetall(self.key("stats", name))
+        pipe.hgetall(self.key("rates", name))
+        stats, rates = self._call(pipe.execute)
+        fields = {k.decode(): v for k, v in stats.items()}
+        rates = {k.decode(): v for k, v in rates.items()}
         result = {}
         for field in fields:
             if field.endswith(":n"):
@@ -361,13 +494,67 @@ class RedisStore(Store):
                     n_calls=int(fields[field]),
                     total_ns=int(fields.get(f"{operation}:total", 0)),
                     ewm_ns=float(fields.get(f"{operation}:ewm", 0)),
+                    buckets=_counts(fields, f"{operation}:b"),
+                    slots=_counts(rates, f"{operation}:"),
                 )
         return result
+
+    def record_errors(self, counts):
+        pipe = self.redis.pipeline(transaction=True)
+        for (route, status), n in counts.items():
+            pipe.hincrby(self.key("errors"), f"{route}:{status}", n)
+        self._call(pipe.execute)
+
+    def error_counts(self):
+        counts = {}
+        for field, n in self._call(self.redis.hgetall, self.key("errors")).items():
+            route, _, status = field.decode().rpartition(":")
+            counts[(route, int(status))] = int(n)
+        return counts
 
     def flush(self):
         keys = list(self._call(self.redis.scan_iter, match=f"{_glob_escape(self.prefix)}:*", count=1000))
         if keys:
             self._call(self.redis.delete, *keys)
+
+
+def _json(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":"))
+
+
+def _flattened(counts: dict[int, int]) -> list[int]:
+    """``{key: n}`` as the flat list of arguments a script reads two by two."""
+    return [value for pair in counts.items() for value in pair]
+
+
+def _counts(fields: dict[str, bytes], prefix: str) -> dict[int, int]:
+    """The counts of the fields named ``<prefix><whole number>``, by that number."""
+    counts = {}
+    for field, value in fields.items():
+        if field.startswith(prefix) and field[len(prefix):].lstrip("-").isdigit():
+            counts[int(field[len(prefix):])] = int(value)
+    return counts
+
+
+def connect(settings, url: str | None = None, wait_seconds: float = 0.0) -> redis.Redis:
+    """A client for the settings' Redis (or ``url``) that gives up on a stalled Redis within the timeouts and
+    never retries by itself (``wait_seconds``: longer answers awaited, a blocking read's).
+
+    Without timeouts every request hangs as long as Redis stalls. redis-py's own
+    retries (ten by default) would multiply the wait and resend a write, an
+    append, that may have landed already: a failure goes to the caller instead
+    (a 503), who retries knowing it.
+    """
+    options = {
+        "socket_timeout": float(settings.REDIS_SOCKET_TIMEOUT) + wait_seconds,
+        "socket_connect_timeout": float(settings.REDIS_SOCKET_CONNECT_TIMEOUT),
+        "retry": Retry(NoBackoff(), 0),
+    }
+    url = url or settings.REDIS_URL
+    if url:
+        return redis.Redis.from_url(url, **options)
+    return redis.Redis(host=settings.REDIS_HOST, port=int(settings.REDIS_PORT), db=int(settings.REDIS_DB),
+                       password=settings.REDIS_PASSWORD or None, **options)
 
 
 def _access_fields(access: Access) -> list[str]:
@@ -389,6 +576,11 @@ def _model_info(name: str, fields: dict) -> ModelInfo | None:
             groups=tuple(json.loads(fields.get(b"groups", b"[]"))),
         ),
     )
+
+
+def _pairs(flat: list) -> dict[str, int]:
+    """``{key: sequence}`` from the scripts' flat list of keys and sequences."""
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def _glob_escape(text: str) -> str:

@@ -21,6 +21,7 @@ import os
 import sqlite3
 import time
 
+from django_river_ml import callstats, versions
 from django_river_ml.exceptions import StorageUnavailable
 from django_river_ml.storage.base import (
     ANY,
@@ -53,12 +54,33 @@ CREATE TABLE IF NOT EXISTS log (
     rejected INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (incarnation, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS learn_keys (
+    incarnation TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (incarnation, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS learn_keys_age ON learn_keys (incarnation, expires);
+CREATE INDEX IF NOT EXISTS learn_keys_seq ON learn_keys (incarnation, seq);
+CREATE TABLE IF NOT EXISTS learn_key_counts (
+    incarnation TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     incarnation TEXT NOT NULL,
     seq INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (incarnation, seq)
 );
+CREATE TABLE IF NOT EXISTS versions (
+    incarnation TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (incarnation, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS versions_by_number ON versions (incarnation, version);
 CREATE TABLE IF NOT EXISTS identifiers (
     name TEXT NOT NULL,
     identifier TEXT NOT NULL,
@@ -80,6 +102,26 @@ CREATE TABLE IF NOT EXISTS recent_calls (
     name TEXT PRIMARY KEY,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS call_buckets (
+    name TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (name, operation, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS call_slots (
+    name TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (name, operation, slot)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS call_errors (
+    route TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (route, status)
+) WITHOUT ROWID;
 """
 
 # Added after the first release: created (and filled in) when an older file is opened.
@@ -97,6 +139,12 @@ ACCESS_COLUMNS = (
 )
 MODEL_COLUMNS = "name, flavor, incarnation, head, created, owner, shared_users, shared_groups"
 
+# A model's call stats: deleted with it.
+_CALL_TABLES = ("call_stats", "recent_calls", "call_buckets", "call_slots")
+# Tables of counts by key (table, key column, the field of Tally and CallStats they hold).
+_COUNTS = (("call_buckets", "bucket", "buckets"), ("call_slots", "slot", "slots"))
+# Idempotency keys looked up in one query (SQLite allows 32,766 parameters).
+KEYS_PER_QUERY = 500
 # Expired identifiers are swept on one insert in this many.
 SWEEP_EVERY = 256
 # Above every sequence number (SQLite integers are 64-bit).
@@ -107,6 +155,10 @@ class ShelveStore(Store):
     """SQLite-backed store; safe for many processes on one host."""
 
     backend_name = "shelve"
+
+    @classmethod
+    def from_settings(cls, settings) -> ShelveStore:
+        return cls(settings.shelve_path)
 
     def __init__(self, path: str | os.PathLike, timeout: float = 30.0):
         self.file = SQLiteFile(path, SCHEMA, timeout, "model store", upgrade=_upgrade)
@@ -125,7 +177,8 @@ class ShelveStore(Store):
 
     # Models
 
-    def create_model(self, name, flavor, incarnation, snapshot, access=Access(), expect=ANY, max_owned=None):
+    def create_model(self, name, flavor, incarnation, snapshot, access=Access(), expect=ANY, max_owned=None,
+                     version=None):
         with self._write() as db:
             row = db.execute("SELECT incarnation, owner FROM models WHERE name = ?", (name,)).fetchone()
             if expect != ANY and (row[0] if row else None) != expect:
@@ -139,6 +192,8 @@ class ShelveStore(Store):
                 (name, flavor, incarnation, time.time(), *_access_columns(access)),
             )
             db.execute("INSERT INTO snapshots (incarnation, seq, data) VALUES (?, 0, ?)", (incarnation, snapshot))
+            if version is not None:
+                _add_version(db, incarnation, 0, version)
         return OK
 
     def model_info(self, name):
@@ -147,10 +202,6 @@ class ShelveStore(Store):
 
     def model_names(self):
         return [row[0] for row in self.db.execute("SELECT name FROM models ORDER BY name")]
-
-    @classmethod
-    def from_settings(cls, settings) -> ShelveStore:
-        return cls(settings.shelve_path)
 
     def model_infos(self):
         rows = self.db.execute(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY name")  # noqa: S608 - fixed columns
@@ -185,12 +236,15 @@ class ShelveStore(Store):
         row = db.execute("SELECT incarnation FROM models WHERE name = ?", (name,)).fetchone()
         db.execute("DELETE FROM identifiers WHERE name = ?", (name,))
         db.execute("DELETE FROM identifier_counts WHERE name = ?", (name,))
-        db.execute("DELETE FROM call_stats WHERE name = ?", (name,))
-        db.execute("DELETE FROM recent_calls WHERE name = ?", (name,))
+        for table in _CALL_TABLES:
+            db.execute(f"DELETE FROM {table} WHERE name = ?", (name,))  # noqa: S608 - fixed table names
         if row is None:
             return False
         db.execute("DELETE FROM log WHERE incarnation = ?", row)
         db.execute("DELETE FROM snapshots WHERE incarnation = ?", row)
+        db.execute("DELETE FROM versions WHERE incarnation = ?", row)
+        db.execute("DELETE FROM learn_keys WHERE incarnation = ?", row)
+        db.execute("DELETE FROM learn_key_counts WHERE incarnation = ?", row)
         db.execute("DELETE FROM models WHERE name = ?", (name,))
         return True
 
@@ -198,14 +252,29 @@ class ShelveStore(Store):
 
     def append(self, name, incarnation, data):
         with self._write() as db:
-            row = db.execute(
-                "UPDATE models SET head = head + 1 WHERE name = ? AND incarnation = ? RETURNING head",
-                (name, incarnation),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute("INSERT INTO log (incarnation, seq, data) VALUES (?, ?, ?)", (incarnation, row[0], data))
-            return row[0]
+            return _append(db, name, incarnation, data)
+
+    def append_keyed(self, name, incarnation, data, keys, keep_seconds, max_keys):
+        keys, now = list(dict.fromkeys(keys)), time.time()
+        with self._write() as db:
+            expired = db.execute("DELETE FROM learn_keys WHERE incarnation = ? AND expires <= ?",
+                                 (incarnation, now)).rowcount
+            known = _known_keys(db, incarnation, keys, now)
+            seq = None if known else _append(db, name, incarnation, data)
+            if seq is not None:
+                db.executemany("INSERT INTO learn_keys (incarnation, key, seq, expires) VALUES (?, ?, ?, ?)",
+                               [(incarnation, key, seq, now + keep_seconds) for key in keys])
+            change = (0 if seq is None else len(keys)) - expired
+            count = _count_keys(db, incarnation, change) if change else 0
+            if count > max_keys:  # the oldest (the soonest to expire) go
+                db.execute("DELETE FROM learn_keys WHERE incarnation = ? AND key IN ("
+                           "SELECT key FROM learn_keys WHERE incarnation = ? ORDER BY expires LIMIT ?)",
+                           (incarnation, incarnation, count - max_keys))
+                _count_keys(db, incarnation, max_keys - count)
+            return known or seq
+
+    def known_keys(self, incarnation, keys):
+        return _known_keys(self.db, incarnation, list(keys), time.time())
 
     def entries(self, incarnation, after, upto):
         rows = self.db.execute(
@@ -217,10 +286,13 @@ class ShelveStore(Store):
     def reject(self, incarnation, seq, reason=1):
         with self._write() as db:
             db.execute("UPDATE log SET rejected = ? WHERE incarnation = ? AND seq = ?", (int(reason), incarnation, seq))
+            freed = db.execute("DELETE FROM learn_keys WHERE incarnation = ? AND seq = ?", (incarnation, seq)).rowcount
+            if freed:
+                _count_keys(db, incarnation, -freed)
 
     # Snapshots
 
-    def save_snapshot(self, name, incarnation, seq, data, keep):
+    def save_snapshot(self, name, incarnation, seq, data, keep, version=None):
         with self._write() as db:
             if db.execute(
                 "SELECT 1 FROM models WHERE name = ? AND incarnation = ?", (name, incarnation)
@@ -230,12 +302,30 @@ class ShelveStore(Store):
                 "INSERT OR REPLACE INTO snapshots (incarnation, seq, data) VALUES (?, ?, ?)",
                 (incarnation, seq, data),
             )
-            kept = [r[0] for r in db.execute(
-                "SELECT seq FROM snapshots WHERE incarnation = ? ORDER BY seq DESC LIMIT ?", (incarnation, keep)
-            )]
-            oldest = kept[-1]
-            db.execute("DELETE FROM snapshots WHERE incarnation = ? AND seq < ?", (incarnation, oldest))
+            if version is not None:
+                _add_version(db, incarnation, seq, version)
+            oldest = db.execute(
+                "SELECT MIN(seq) FROM (SELECT seq FROM snapshots WHERE incarnation = ? ORDER BY seq DESC LIMIT ?)",
+                (incarnation, keep),
+            ).fetchone()[0]
+            records = [json.loads(r[0]) for r in db.execute("SELECT record FROM versions WHERE incarnation = ?",
+                                                            (incarnation,))]
+            dropped = [(incarnation, s) for s in versions.expired_now(records) if s < oldest]
+            db.executemany("DELETE FROM versions WHERE incarnation = ? AND seq = ?", dropped)
+            db.execute("DELETE FROM snapshots WHERE incarnation = ? AND seq < ? AND seq NOT IN "
+                       "(SELECT seq FROM versions WHERE incarnation = ?)", (incarnation, oldest, incarnation))
             db.execute("DELETE FROM log WHERE incarnation = ? AND seq <= ?", (incarnation, oldest))
+
+    def versions(self, incarnation):
+        rows = self.db.execute("SELECT version, record FROM versions WHERE incarnation = ? ORDER BY version",
+                               (incarnation,))
+        return [{**json.loads(record), "version": number} for number, record in rows]
+
+    def version_snapshot(self, incarnation, version):
+        row = self.db.execute(
+            "SELECT s.seq, s.data FROM versions v JOIN snapshots s ON s.incarnation = v.incarnation AND s.seq = v.seq "
+            "WHERE v.incarnation = ? AND v.version = ?", (incarnation, version)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def latest_snapshot(self, incarnation, at_most=None):
         row = self.db.execute(
@@ -319,20 +409,60 @@ class ShelveStore(Store):
             )
             db.execute("INSERT INTO recent_calls (name, at) VALUES (?, ?) "
                        "ON CONFLICT (name) DO UPDATE SET at = MAX(at, excluded.at)", (name, tally.last_at))
+            for table, column, counts in _COUNTS:
+                db.executemany(
+                    f"INSERT INTO {table} (name, operation, {column}, n) VALUES (?, ?, ?, ?) "  # noqa: S608 - fixed
+                    f"ON CONFLICT (name, operation, {column}) DO UPDATE SET n = n + excluded.n",
+                    [(name, operation, key, n) for key, n in getattr(tally, counts).items()],
+                )
+            db.execute("DELETE FROM call_slots WHERE name = ? AND operation = ? AND slot < ?",
+                       (name, operation, callstats.oldest_slot_kept(time.time())))
 
     def recent_models(self, limit):
         return [row[0] for row in self.db.execute(
             "SELECT name FROM recent_calls ORDER BY at DESC LIMIT ?", (limit,))]
 
     def call_stats(self, name):
-        rows = self.db.execute("SELECT operation, n_calls, total_ns, ewm_ns FROM call_stats WHERE name = ?", (name,))
-        return {operation: CallStats(n, total, ewm) for operation, n, total, ewm in rows}
+        counted: dict[str, dict[str, dict[int, int]]] = {}  # "buckets"/"slots" -> operation -> {key: n}
+        db = self.db
+        db.execute("BEGIN")  # one snapshot: the histogram adds up to the counts
+        try:
+            for table, column, counts in _COUNTS:
+                rows = db.execute(f"SELECT operation, {column}, n FROM {table} WHERE name = ?", (name,))  # noqa: S608
+                for operation, key, n in rows:
+                    counted.setdefault(counts, {}).setdefault(operation, {})[key] = n
+            rows = db.execute("SELECT operation, n_calls, total_ns, ewm_ns FROM call_stats WHERE name = ?",
+                              (name,)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return {operation: CallStats(n, total, ewm, **{counts: counted.get(counts, {}).get(operation, {})
+                                                       for _, _, counts in _COUNTS})
+                for operation, n, total, ewm in rows}
+
+    def record_errors(self, counts):
+        with self._write() as db:
+            db.executemany("INSERT INTO call_errors (route, status, n) VALUES (?, ?, ?) "
+                           "ON CONFLICT (route, status) DO UPDATE SET n = n + excluded.n",
+                           [(route, status, n) for (route, status), n in counts.items()])
+
+    def error_counts(self):
+        return {(route, status): n for route, status, n in self.db.execute("SELECT route, status, n FROM call_errors")}
 
     def flush(self):
         with self._write() as db:
-            for table in ("models", "log", "snapshots", "identifiers", "identifier_counts", "call_stats",
-                          "recent_calls"):
+            for table in ("models", "log", "snapshots", "versions", "identifiers", "identifier_counts", *_CALL_TABLES,
+                          "call_errors", "learn_keys", "learn_key_counts"):
                 db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+
+
+def _add_version(db: sqlite3.Connection, incarnation: str, seq: int, record: dict) -> None:
+    """Record the snapshot at ``seq`` as the next version (a snapshot saved again keeps its number, and its
+    record unless that was a routine snapshot's)."""
+    db.execute(
+        "INSERT INTO versions (incarnation, seq, version, record) VALUES (?, ?, (SELECT COALESCE(MAX(version), 0) + 1 "
+        "FROM versions WHERE incarnation = ?), ?) ON CONFLICT (incarnation, seq) DO UPDATE SET record = excluded.record "
+        "WHERE json_extract(versions.record, '$.kind') = 'snapshot'",
+        (incarnation, seq, incarnation, json.dumps(record, separators=(",", ":"))))
 
 
 def _access_columns(access: Access) -> tuple:
@@ -346,6 +476,34 @@ def _model_info(row: tuple) -> ModelInfo:
 
 def _owned_count(db: sqlite3.Connection, owner: str) -> int:
     return db.execute("SELECT COUNT(*) FROM models WHERE owner = ?", (owner,)).fetchone()[0]
+
+
+def _append(db: sqlite3.Connection, name: str, incarnation: str, data: bytes) -> int | None:
+    """Append a log entry (in the caller's transaction): its sequence, or None if the incarnation is gone."""
+    row = db.execute("UPDATE models SET head = head + 1 WHERE name = ? AND incarnation = ? RETURNING head",
+                     (name, incarnation)).fetchone()
+    if row is None:
+        return None
+    db.execute("INSERT INTO log (incarnation, seq, data) VALUES (?, ?, ?)", (incarnation, row[0], data))
+    return row[0]
+
+
+def _known_keys(db: sqlite3.Connection, incarnation: str, keys: list[str], now: float) -> dict[str, int]:
+    """The unexpired ones of ``keys``, with their entries' sequences (looked up KEYS_PER_QUERY at a time)."""
+    known: dict[str, int] = {}
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        chunk = keys[start:start + KEYS_PER_QUERY]
+        known.update(db.execute(
+            f"SELECT key, seq FROM learn_keys WHERE incarnation = ? AND +expires > ? "  # noqa: S608 - placeholders
+            f"AND key IN ({', '.join('?' * len(chunk))})", (incarnation, now, *chunk)))  # +: by key, not by age
+    return known
+
+
+def _count_keys(db: sqlite3.Connection, incarnation: str, change: int) -> int:
+    """Add ``change`` to the number of keys recorded for ``incarnation`` (never below zero); the new number."""
+    return db.execute("INSERT INTO learn_key_counts (incarnation, n) VALUES (?, ?) "
+                      "ON CONFLICT (incarnation) DO UPDATE SET n = MAX(n + ?, 0) RETURNING n",
+                      (incarnation, max(change, 0), change)).fetchone()[0]
 
 
 def _uncount(db: sqlite3.Connection, names: list[str]) -> None:

@@ -181,7 +181,10 @@ def calls_of(model: str) -> tuple[dict, str]:
 
 
 def calls_counted(stats: dict) -> int:
-    return sum(operation["n_calls"] for operation in stats.values())
+    """The learns, predicts and labels the stats count: the version of the model's state a metrics event is of."""
+    from django_river_ml.client import STAT_OPERATIONS
+
+    return sum(stats[operation]["n_calls"] for operation in STAT_OPERATIONS)
 
 
 def metrics_state(model: str, stats: dict) -> tuple[dict, str]:

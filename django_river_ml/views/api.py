@@ -251,6 +251,15 @@ class RiverAPIView(APIView):
             raise InvalidInput(f"The request body must be a JSON object of fields, not {kind}.")
         return serializers.validate(serializer_class, data)
 
+    def idempotency_key(self, data: dict) -> str | None:
+        """The learn's idempotency key: the ``Idempotency-Key`` header or the body's ``idempotency_key`` (DjangoClient
+        checks it)."""
+        header, field = self.request.headers.get(serializers.IDEMPOTENCY_HEADER), data.get("idempotency_key")
+        if header is not None and field is not None and header != field:
+            raise InvalidInput(f"The {serializers.IDEMPOTENCY_HEADER} header and the body's idempotency_key differ; "
+                               "send one key.")
+        return header if field is None else field
+
     def model_name(self) -> str:
         """The model named by ``?model=``, else by the body (JSON or form, any method)."""
         name = self.request.query_params.get("model")
@@ -290,31 +299,36 @@ class BatchMixin:
     takes_batches = True
     parser_classes = [JSONParser, parsers.FormParser, NDJSONParser]
     batch_serializer: type  # the route's batch request (a serializer)
+    batch_fields = ("model", "examples")  # what a batch has besides its examples' fields
 
     def batch(self) -> dict | None:
         """The validated batch, if the request is one."""
         data = self.request.data
         if not (hasattr(data, "get") and "examples" in data):
             return None
-        body = {"model": self.request.query_params.get("model", data.get("model")), "examples": data["examples"]}
-        extra = set(data) - {"model", "examples"}
+        body = {field: data[field] for field in self.batch_fields if field in data}
+        body["model"] = self.request.query_params.get("model", data.get("model"))
+        extra = set(data) - set(self.batch_fields)
         if extra:
-            raise InvalidInput(f"A batch has only model and examples; {sorted(extra)[0]!r} belongs in each example.")
+            fields = f"{', '.join(self.batch_fields[:-1])} and {self.batch_fields[-1]}"
+            raise InvalidInput(f"A batch has only {fields}; {sorted(extra)[0]!r} belongs in each example.")
         return self.validated(self.batch_serializer, body)
 
 
 class LearnView(BatchMixin, RiverAPIView):
     batch_serializer = serializers.LearnBatchSerializer
+    batch_fields = ("model", "examples", "idempotency_key")
 
     @openapi.learn
     def post(self, request):
         batch = self.batch()
         if batch is not None:
-            return self.answer(serializers.LearnedBatchSerializer,
-                               self.client.learn_many(batch["model"], batch["examples"]), status=201)
+            result = self.client.learn_many(batch["model"], batch["examples"],
+                                            idempotency_key=self.idempotency_key(batch))
+            return self.answer(serializers.LearnedBatchSerializer, result, status=201)
         data = self.validated(serializers.LearnSerializer)
         result = self.client.learn(data["model"], data.get("features"), ground_truth=data.get("ground_truth"),
-                                   identifier=data.get("identifier"))
+                                   identifier=data.get("identifier"), idempotency_key=self.idempotency_key(data))
         return self.answer(serializers.LearnResultSerializer, result, status=201)
 
 
@@ -339,7 +353,8 @@ class LabelView(RiverAPIView):
     def post(self, request):
         data = self.validated(serializers.LabelSerializer)
         return self.answer(serializers.LabelResultSerializer,
-                           self.client.label(data["label"], data["identifier"], data["model"]))
+                           self.client.label(data["label"], data["identifier"], data["model"],
+                                             idempotency_key=self.idempotency_key(data)))
 
 
 class MetricsView(RiverAPIView):
@@ -424,20 +439,26 @@ class ModelAccessView(RiverAPIView):
 class ModelDownloadView(RiverAPIView):
     @openapi.download_model
     def get(self, request, name):
-        data = self.client.download_model(name)
+        version = self.validated(serializers.DownloadQuerySerializer, request.query_params).get("version")
+        data = self.client.download_model(name, version=version)
         response = HttpResponse(data, content_type="application/octet-stream")
-        response["Content-Disposition"] = f'attachment; filename="{name}.pkl"'
+        suffix = "" if version is None else f"-v{version}"
+        response["Content-Disposition"] = f'attachment; filename="{name}{suffix}.pkl"'
         return response
 
 
 def upload(view: RiverAPIView, flavor: str, model_name: str | None) -> Response:
-    """A pickled model as the raw body, or a JSON model spec (``Content-Type: application/json``)."""
+    """A pickled model as the raw body, or a JSON model spec (``Content-Type: application/json``); the query's
+    options (:class:`~django_river_ml.serializers.UploadOptionsSerializer`) make it a challenger, or choose its
+    drift detection."""
+    options = view.validated(serializers.UploadOptionsSerializer, view.request.query_params)
     if view.request.content_type.split(";")[0].strip() == "application/json":
-        name = view.client.upload_spec(view.request.data, flavor, model_name=model_name)
+        name = view.client.upload_spec(view.request.data, flavor, model_name=model_name, **options)
     else:
         body = read_body(view.request, river_settings.MAX_UPLOAD_SIZE)
-        name = view.client.upload_model(body, flavor, model_name=model_name)
-    return view.answer(serializers.UploadedSerializer, {"name": name}, status=201)
+        name = view.client.upload_model(body, flavor, model_name=model_name, **options)
+    answer = {"name": name, **({"challenger_of": options["challenger_of"]} if "challenger_of" in options else {})}
+    return view.answer(serializers.UploadedSerializer, answer, status=201)
 
 
 def deleted(view: RiverAPIView, name: str) -> Response:

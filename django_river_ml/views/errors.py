@@ -11,8 +11,10 @@ from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
+from django_river_ml import callstats
 from django_river_ml.exceptions import RiverMLError, StorageUnavailable
 from django_river_ml.serializers import ErrorSerializer, render
+from django_river_ml.storage import get_store
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,23 @@ def flatten_detail(detail) -> str:
 
 
 def exception_handler(exc, context):
-    """DRF exception handler for the River API views."""
+    """DRF exception handler for the River API views; every error answered is counted (``river_ml_errors_total``)."""
+    response = answer(exc, context)
+    count_failed_call(context.get("request"), response.status_code)
+    return response
+
+
+def count_failed_call(request, status: int) -> None:
+    """Count a failed call of the request's route, in the store with the call stats; never fails the answer."""
+    match = getattr(request, "resolver_match", None)
+    try:
+        callstats.count_error(get_store(), (match.url_name if match else None) or "unknown", status)
+    except Exception:  # noqa: BLE001 - a count is not worth a second error
+        logger.exception("Could not count an error answer")
+
+
+def answer(exc, context) -> Response:
+    """The error answer for ``exc``: a RiverMLError's status and message, DRF's and Django's errors alike."""
     if isinstance(exc, redis.exceptions.RedisError):  # Redis used outside the store: a cache, a throttle
         logger.warning("Redis failed in %s: %r", context.get("view").__class__.__name__, exc)
         exc = StorageUnavailable("The server's Redis cannot be reached or did not answer in time.")

@@ -16,9 +16,13 @@
   const urls = config.urls;
   const FEED_SIZE = config.feedSize || 20;
   const MAX_POINTS = 600;          // points kept per chart (the oldest go first)
-  const RATE_WINDOW = 10;          // seconds the "per s" column averages over
+  // Seconds the stats' rate_per_second covers. Every call brings new stats (the metrics stream), so once the
+  // stats shown are this old, the model had no call for that long: its rate is 0.
+  const RATE_WINDOW = 60;
+  const PERCENTILES = ["p50", "p95", "p99"];
   const RETRY_FIRST = 1000, RETRY_MAX = 30000;  // ms between attempts to reopen a failed stream
-  const EVENT_TYPES = ["learn", "predict", "label", "upload", "delete", "drift", "promote", "rollback"];
+  const EVENT_TYPES = ["learn", "predict", "label", "upload", "delete", "drift", "promote", "rollback", "version",
+    "challenger", "withdraw"];
   const OPERATIONS = ["learn", "predict", "label"];
   const PERCENT = /^(Accuracy|Precision|Recall|F1|(Macro|Micro|Weighted)(Precision|Recall|F1))$/;
   const LOWER_IS_BETTER = /^(MAE|RMSE|MSE|SMAPE|LogLoss|CrossEntropy|RMSLE)$/;
@@ -102,6 +106,13 @@
   }
 
   const formatCount = (n) => Number(n || 0).toLocaleString("en-US");
+  /** Nanoseconds, in three figures: "353 µs", "1.89 ms". */
+  const formatDuration = (ns) => {
+    for (const [unit, size] of [["s", 1e9], ["ms", 1e6], ["µs", 1e3]]) {
+      if (ns >= size) return `${Number((ns / size).toPrecision(3))} ${unit}`;
+    }
+    return `${Math.round(ns)} ns`;
+  };
   const formatTime = (seconds) => new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
   const now = () => Date.now() / 1000;
   // The server's clock, as its events tell it (charts are in the server's time, whatever the browser's).
@@ -247,15 +258,17 @@
       this.name = name;
       this.flavor = null;
       this.sequence = null;
-      this.samples = { learn: [], predict: [], label: [] };  // [time, n_calls] for the per-second rates
       this.stats = null;
+      this.statsAt = null;  // when the stats shown arrived (the browser's clock)
 
       this.el = h("article", { class: "card", "data-model": name });
       this.badge = h("span", { class: "badge" }, "model");
       this.learned = h("span", { class: "learned", title: "the newest entry of the model's learn log" });
+      this.drifts = h("span", { class: "drifts", "data-drifts": "", title: "drifts its detector found (docs/lifecycle.md)" });
+      this.drifts.hidden = true;
       const link = modelUrl(name) ? h("a", { href: modelUrl(name), target: "_blank", rel: "noopener",
         title: "The model's parameters as JSON" }, "parameters ↗") : null;
-      this.el.append(h("div", { class: "card-head" }, h("h2", {}, name), this.badge, this.learned, link));
+      this.el.append(h("div", { class: "card-head" }, h("h2", {}, name), this.badge, this.learned, this.drifts, link));
 
       this.heroValue = h("span", { class: "hero-value" }, "–");
       this.heroLabel = h("span", { class: "hero-label" });
@@ -269,14 +282,15 @@
 
       this.cells = {};
       const rows = OPERATIONS.map((op) => {
-        const cells = { n: h("td"), rate: h("td"), mean: h("td"), ewm: h("td") };
+        const cells = { n: h("td"), rate: h("td"), mean: h("td"), p50: h("td"), p95: h("td"), p99: h("td") };
         this.cells[op] = cells;
-        return h("tr", { "data-operation": op }, h("td", {}, op), cells.n, cells.rate, cells.mean, cells.ewm);
+        return h("tr", { "data-operation": op }, h("td", {}, op), ...Object.values(cells));
       });
       this.el.append(h("table", { class: "stats" },
-        h("thead", {}, h("tr", {}, h("th", {}, "calls"), h("th", {}, "total"), h("th", {}, "per s"),
-          h("th", { title: "mean duration" }, "mean"),
-          h("th", { title: "exponentially weighted mean duration (the recent calls)" }, "recent"))),
+        h("thead", {}, h("tr", {}, h("th", {}, "calls"), h("th", {}, "total"),
+          h("th", { title: "calls per second over the last minute, every worker" }, "per s"),
+          h("th", { title: "mean duration (hover a value: the recent calls' weighted mean)" }, "mean"),
+          ...PERCENTILES.map((p) => h("th", { title: `${p} duration: of every worker's calls` }, p)))),
         h("tbody", {}, ...rows)));
 
       this.feed = h("ol", { "data-feed": "" });
@@ -311,12 +325,9 @@
       }
       if (stats) {
         this.stats = stats;
-        for (const op of OPERATIONS) {
-          const samples = this.samples[op];
-          if (stats[op]) samples.push([now(), stats[op].n_calls]);  // the browser's clock, as rate() reads it
-          while (samples.length > 2 && samples[1][0] <= now() - RATE_WINDOW * 3) samples.shift();
-        }
+        this.statsAt = now();
         this.showStats();
+        this.showDrifts(stats.drift ? stats.drift.n_calls : 0);
       }
       if (!metrics) return;
       this.showMetrics(metrics);
@@ -329,6 +340,13 @@
         ? Object.fromEntries(names.map((op) => [op, stats && stats[op] ? stats[op].n_calls : null]))
         : metrics;
       this.chart.push(time, values, snapshot);
+    }
+
+    /** How many drifts the model's detector found (a drift event's count, or the stats'). */
+    showDrifts(detections) {
+      if (typeof detections !== "number" || detections < 1) return;
+      this.drifts.hidden = false;
+      this.drifts.textContent = `⚠ ${formatCount(detections)} drift${detections === 1 ? "" : "s"}`;
     }
 
     /** Whether the model learned anything yet (unknown stats: assume so). */
@@ -356,16 +374,11 @@
       }
     }
 
+    /** The operation's calls per second over the last minute, as the server counted them (null: unknown). */
     rate(op) {
-      const samples = this.samples[op];
-      if (!samples.length) return null;
-      const t = now();
-      const [, latest] = samples[samples.length - 1];
-      let base = null;  // the count RATE_WINDOW seconds ago (the newest sample at or before then)
-      for (const sample of samples) if (sample[0] <= t - RATE_WINDOW) base = sample;
-      if (base) return Math.max(0, (latest - base[1]) / RATE_WINDOW);
-      const elapsed = t - samples[0][0];
-      return elapsed >= 2 ? Math.max(0, (latest - samples[0][1]) / elapsed) : null;
+      const s = this.stats?.[op];
+      if (!s || typeof s.rate_per_second !== "number") return null;
+      return now() - this.statsAt >= RATE_WINDOW ? 0 : s.rate_per_second;
     }
 
     showStats() {
@@ -374,9 +387,14 @@
         const cells = this.cells[op];
         cells.n.textContent = s ? formatCount(s.n_calls) : "–";
         const rate = this.rate(op);
-        cells.rate.textContent = rate === null ? "–" : rate.toFixed(1);
-        cells.mean.textContent = s && s.n_calls ? s.mean_duration_human : "–";
-        cells.ewm.textContent = s && s.n_calls ? s.ewm_duration_human : "–";
+        cells.rate.textContent = rate === null ? "–" : rate.toFixed(rate > 0 && rate < 1 ? 2 : 1);
+        const called = Boolean(s && s.n_calls);
+        cells.mean.textContent = called ? formatDuration(s.mean_duration) : "–";
+        cells.mean.title = called ? `the recent calls: ${formatDuration(s.ewm_duration)}` : "";
+        for (const p of PERCENTILES) {
+          const ns = called ? s[`${p}_duration`] : null;
+          cells[p].textContent = typeof ns === "number" && ns > 0 ? formatDuration(ns) : "–";
+        }
       }
       if (this.chart.kind === "count") this.heroValue.textContent = formatCount(this.stats?.learn?.n_calls);
     }
@@ -406,6 +424,7 @@
       } else if (type === "upload") {
         what.push(`uploaded as ${data.flavor || "a model"}`);
       } else {  // drift, promote, rollback and events to come: their own fields
+        if (type === "drift") this.showDrifts(data.detections);
         const rest = Object.entries(data).filter(([key]) => !["model", "time", "features"].includes(key));
         what.push(rest.map(([key, value]) => `${key} ${formatValue(value)}`).join(" · "));
       }
@@ -423,8 +442,8 @@
       this.sequence = null;
       this.learned.textContent = "";
       delete this.el.dataset.sequence;
-      this.samples = { learn: [], predict: [], label: [] };
       this.stats = null;
+      this.statsAt = null;
       this.chart.setSeries([], "metric");
       this.flavor = null;
       this.setFlavor(flavor);

@@ -5,6 +5,11 @@
     riverapi learn prices data.csv --target price          # 1000 rows per request (--batch-size)
     riverapi predict prices --features '{"rooms": 3, "area": 70}'
     riverapi metrics prices
+    riverapi upload other.pkl --flavor regression --challenger-of prices --name bigger
+    riverapi challengers prices                             # its metrics beside its challengers'
+    riverapi promote prices bigger                          # the challenger serves as prices
+    riverapi versions prices
+    riverapi rollback prices 3                              # go on from version 3
 
 Answers are printed as JSON on stdout. Errors are one line on stderr; the exit status is 1 for an
 error the server answered (or no answer), 2 for bad arguments or input files, 130 on Ctrl-C.
@@ -83,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--flavor", required=True,
                      help="the model's flavor: regression, binary, multiclass, cluster, anomaly or custom")
     sub.add_argument("--name", help="the model's name (default: the server makes one up)")
+    sub.add_argument("--challenger-of", metavar="MODEL",
+                     help="upload it as a challenger of MODEL (of its flavor): it learns every example MODEL "
+                          "learns and serves only once promoted; --name names the challenger")
+    sub.add_argument("--drift-detector", metavar="NAME",
+                     help="the river.drift detector fed with the model's errors: ADWIN, PageHinkley, KSWIN, or "
+                          "for classifiers DDM, EDDM, FHDDM, HDDMA, HDDMW; none for none (default: the server's)")
+    sub.add_argument("--drift-policy", metavar="POLICY",
+                     help="what a drift does besides its event: none, reset (a fresh copy learns on) or promote "
+                          "(the best challenger serves) (default: the server's)")
 
     sub = command("learn", "learn from every example in a CSV or JSON-lines file")
     sub.add_argument("model", metavar="MODEL")
@@ -109,14 +123,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("label", metavar="LABEL", help="the label: JSON (3.5, true, \"cat\") or plain text")
 
     command("metrics", "show a model's metrics").add_argument("model", metavar="MODEL")
-    command("stats", "show a model's call counts and durations").add_argument("model", metavar="MODEL")
+    command("stats", "show a model's call counts, durations and rates").add_argument("model", metavar="MODEL")
     command("show", "show a model's parameters as JSON").add_argument("model", metavar="MODEL")
 
     sub = command("download", "save a model as a pickle file")
     sub.add_argument("model", metavar="MODEL")
-    sub.add_argument("-o", "--output", metavar="PATH", help="where to save it (default: MODEL.pkl)")
+    sub.add_argument("-o", "--output", metavar="PATH",
+                     help="where to save it (default: MODEL.pkl, or MODEL-vVERSION.pkl with --version)")
+    sub.add_argument("--version", type=_positive_int, metavar="VERSION",
+                     help="the model as it was at this version (see `riverapi versions MODEL`)")
 
     command("delete", "delete a model").add_argument("model", metavar="MODEL")
+
+    command("versions", "list a model's versions, oldest first").add_argument("model", metavar="MODEL")
+    command("version", "keep a model as it is now as a version").add_argument("model", metavar="MODEL")
+    sub = command("rollback", "let a model go on from one of its versions (a new version; nothing is deleted)")
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("version", metavar="VERSION", type=_positive_int, help="the version to go on from")
+    command("challengers", "show a model's metrics beside its challengers' metrics, and its drift detection"
+            ).add_argument("model", metavar="MODEL")
+    sub = command("promote", "let a challenger serve in its model's place (the model as it was stays a version)")
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("challenger", metavar="CHALLENGER")
+    sub = command("withdraw", "stop a challenger of a model")
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("challenger", metavar="CHALLENGER")
 
     sub = command("stream", "print server-sent events as JSON lines until interrupted")
     sub.add_argument("kind", nargs="?", choices=("events", "metrics"), default="events")
@@ -315,7 +346,8 @@ def _upload(client: Client, args: argparse.Namespace) -> int:
             body = handle.read()
     except OSError as error:
         raise UsageError(f"cannot read {args.file}: {error.strerror or error}") from None
-    print(client.upload_model(body, args.flavor, model_name=args.name), flush=True)
+    print(client.upload_model(body, args.flavor, model_name=args.name, challenger_of=args.challenger_of,
+                              drift_detector=args.drift_detector, drift_policy=args.drift_policy), flush=True)
     return 0
 
 
@@ -360,9 +392,21 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     elif command == "show":
         _print_json(client.get_model_json(args.model))
     elif command == "download":
-        print(client.download_model(args.model, dest=args.output), flush=True)
+        print(client.download_model(args.model, dest=args.output, version=args.version), flush=True)
     elif command == "delete":
         _print_json(client.delete_model(args.model))
+    elif command == "versions":
+        _print_json(client.versions(args.model))
+    elif command == "version":
+        _print_json(client.take_version(args.model))
+    elif command == "rollback":
+        _print_json(client.rollback(args.model, args.version))
+    elif command == "challengers":
+        _print_json(client.challengers(args.model))
+    elif command == "promote":
+        _print_json(client.promote(args.model, args.challenger))
+    elif command == "withdraw":
+        _print_json(client.withdraw_challenger(args.model, args.challenger))
     elif command == "stream":
         return _stream(client, args)
     return 0
