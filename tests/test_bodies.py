@@ -218,3 +218,36 @@ def test_a_byte_order_mark_anywhere_else_is_malformed_in_both(api, model):
     assert seq() == 0
     answer = post(api, PREDICT, BOM + b'{"model": "m", "features": {"x": 1}}')  # one, leading: fine
     assert answer.status_code == 201
+
+
+# Bodies are read by orjson where it reads them as Python's json module does (views/api.py, fast_json) ---------
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+def test_an_integer_past_64_bits_stays_an_integer(api, river_client, content_type):
+    """orjson would read 10**22 + 1 as the float 1e+22: a classifier would learn another label."""
+    river_client.upload_model(make_model("multiclass"), "multiclass", "big")
+    label = 10**22 + 1
+    examples = [{"features": {"x": 1.0}, "ground_truth": label}, {"features": {"x": 2.0}, "ground_truth": 3}]
+    if content_type == "application/json":
+        body = json.dumps({"model": "big", "examples": examples})
+    else:
+        body = "\n".join(json.dumps(example) for example in examples)
+    assert post(api, LEARN + "?model=big", body, content_type=content_type).status_code == 201
+    answer = post(api, PREDICT, json.dumps({"model": "big", "features": {"x": 1.0}}))
+    assert set(answer.json()["prediction"]) == {str(label), "3"}, answer.content
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "m", "features": {"x": NaN}, "ground_truth": 1}',           # refused by both
+    b'{"model": "m", "features": {"x": 1e999}, "ground_truth": 1}',         # infinity: refused by the checks
+    b'{"model": "m", "features": {"\\ud800": 1}, "ground_truth": 1}',       # a lone surrogate: json reads it
+    b'{"model": "m", "features": {"x": 1}, "ground_truth": 1',              # cut short
+])
+def test_what_orjson_refuses_is_answered_as_before(api, model, body):
+    answer = post(api, LEARN, body)
+    expected = {b"NaN": 400, b"1e999": 400, b"ud800": 201, b"cut": 400}
+    key = next((k for k in expected if k in body), b"cut")
+    assert answer.status_code == expected[key], (body, answer.status_code, answer.content)
+    if answer.status_code == 400:
+        assert answer.json()["message"], answer.content

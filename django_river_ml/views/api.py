@@ -15,6 +15,8 @@ import io
 import json
 from functools import cached_property
 
+import orjson
+
 from django.conf import settings as django_settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
@@ -138,8 +140,11 @@ class JSONParser(parsers.BaseParser):
         if not data:  # a body without a Content-Length, and nothing in it: as a Content-Length of 0
             return {}
         over_single = single is not None and len(data) > single  # only a batch may be larger
+        data = data.removeprefix(codecs.BOM_UTF8)
         try:
-            value = _drf_json.parse(io.BytesIO(data.removeprefix(codecs.BOM_UTF8)), media_type, parser_context)
+            value = fast_json(data)
+            if value is NOT_READ:
+                value = _drf_json.parse(io.BytesIO(data), media_type, parser_context)
         except RecursionError:
             if over_single:
                 raise too_big() from None
@@ -182,10 +187,32 @@ class NDJSONParser(parsers.BaseParser):
             if len(examples) == row_limit:
                 raise PayloadTooLarge(f"The body has more than {row_limit} examples (MAX_BATCH_ROWS).")
             try:
-                examples.append(json.loads(line.decode("utf-8"), parse_constant=_refuse_constant))
+                example = fast_json(line)
+                examples.append(json.loads(line.decode("utf-8"), parse_constant=_refuse_constant)
+                                if example is NOT_READ else example)
             except (ValueError, RecursionError) as error:
                 raise ParseError(f"Line {number} is not JSON: {error}") from None
         return {"examples": examples} if read else {}
+
+
+#: What :func:`fast_json` answers for a body it leaves to Python's json module.
+NOT_READ = object()
+# 19 digits in a row: maybe an integer past 64 bits, which orjson reads as a float where Python's json reads an
+# int. Found by turning every digit into 0 and looking for 19 zeros (a tenth of the time of a regular expression).
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+
+
+def fast_json(data: bytes):
+    """``data`` as Python's json module reads it (strict: NaN and Infinity refused), read by orjson (a
+    third of the CPU on a batch); NOT_READ for what orjson would read otherwise (an integer past 64 bits)
+    or refuses: the json module then reads it, or says why it cannot."""
+    if data.translate(_DIGITS_AS_ZEROS).find(_LONG_DIGITS) >= 0:
+        return NOT_READ
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return NOT_READ
 
 
 def _refuse_constant(name):
