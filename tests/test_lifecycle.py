@@ -1078,3 +1078,56 @@ def test_a_user_the_model_is_shared_with_may_run_its_lifecycle(owners):
     assert bob.rollback("alices", 1)["kind"] == "rollback"
     assert bob.promote("alices", "c")["kind"] == "promote"
 
+
+
+# The checkpoint guard (ROLLBACK_MARGIN) ---------------------------------------------------------------
+
+
+def degrading_stream(seed: int = 3) -> list[tuple[dict, float]]:
+    """y = 2x for 200 rows, then y = -50x: the model's MAE climbs far above what it was."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(400):
+        x = rng.random()
+        rows.append(({"x": x}, 2 * x if i < 200 else -50 * x))
+    return rows
+
+
+def rollbacks_seen(run, client, name) -> list[dict]:
+    """The rollback events ``run`` caused, each with the versions there were when it came."""
+    seen = []
+
+    def receiver(sender, event, data, **kwargs):
+        if event == "rollback":
+            seen.append({**data, "versions": client.versions(name)["versions"]})
+
+    events.river_event.connect(receiver, weak=False)
+    try:
+        run()
+    finally:
+        events.river_event.disconnect(receiver)
+    return seen
+
+
+@pytest.mark.parametrize("margin", [None, 0.5])
+def test_the_guard_rolls_back_once_to_the_best_version_only_when_set(backend, settings, margin):
+    configure(settings, SNAPSHOT_EVERY=20, ROLLBACK_MARGIN=margin, DRIFT_DETECTOR=None)
+    client = worker()
+    client.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "g")
+    rows = degrading_stream()
+    seen = rollbacks_seen(lambda: learn_rows(client, "g", rows), client, "g")
+    versions = client.versions("g")["versions"]
+    if margin is None:
+        assert seen == [] and "rollback" not in {v["kind"] for v in versions}
+        return
+    assert seen, "the MAE grew tenfold and the guard did nothing"
+    first = seen[0]
+    assert first["reason"].startswith("guard: MAE") and first["sequence"] > 200  # never before the change
+    routine = [v for v in first["versions"] if v["kind"] == "snapshot" and v["sequence"] < first["sequence"]]
+    best = min(routine, key=lambda v: v["metrics"]["MAE"])
+    assert first["from_version"] == best["version"]
+    # Once per version: the model fell below it again, and the guard went on to another (or none).
+    assert len({rollback["from_version"] for rollback in seen}) == len(seen)
+    assert all(rollback["from_version"] != first["from_version"] for rollback in seen[1:])
+    rolled = [v for v in versions if v["kind"] == "rollback"]
+    assert [v["from_version"] for v in rolled] == [rollback["from_version"] for rollback in seen]
