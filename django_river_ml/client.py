@@ -42,6 +42,7 @@ from django_river_ml.exceptions import (
     InvalidModel,
     ModelFailed,
     ModelNotFound,
+    ModelTooLarge,
     PayloadTooLarge,
     QuotaExceeded,
     RiverMLError,
@@ -54,7 +55,7 @@ from django_river_ml.sandbox import get_sandbox
 from django_river_ml.settings import river_settings
 from django_river_ml.timelimit import CallLimitExceeded, ModelCrashed, run_limited
 from django_river_ml.state import (CHALLENGERS_FULL, KeysKnown, ModelRegistry, Outcome, Replica, batch_limit,
-                                   get_registry, load_state, pickled)
+                                   dump_state, get_registry, load_state, pickled)
 from django_river_ml.storage import Access, CallStats, ModelInfo, Store
 from django_river_ml.storage.base import OK, OVER_QUOTA
 from django_river_ml.validation import (
@@ -422,6 +423,13 @@ class DjangoClient:
         except (CallLimitExceeded, ModelCrashed) as error:
             raise InvalidModel(f"The model failed while its metrics were chosen: {error}.") from None
         state = pickled(Challenger(model, metrics))
+        with replica.lock:  # the champion's state with it must fit in MAX_MODEL_BYTES, as an upload must
+            size = len(run_limited(None, dump_state, replica.model, replica.metrics, None, None, None,
+                                   {**replica.challengers, name: Challenger(model, metrics)}))
+        limit = river_settings.MAX_MODEL_BYTES
+        if size > limit:
+            raise ModelTooLarge(f"Model {champion!r} with this challenger would be {size} bytes as stored, more than "
+                                f"MAX_MODEL_BYTES ({limit}) allows (a model's challengers count in its size).")
         most = river_settings.MAX_CHALLENGERS
         _, outcome = self._append(champion, lambda flavor: {"op": "challenge", "name": name, "state": state,
                                                              "most": most}, incarnation=info.incarnation)

@@ -5,7 +5,8 @@ replica, and both are kept in snapshots:
 
 - A **challenger** learns every example its champion learns, after the champion, and is scored
   progressively on the same stream (its prediction before it learns). It never serves predictions.
-  One that raises is stopped (``error``) and its champion goes on: a challenger's failure is its own.
+  One that raises (or panics, in compiled code) is stopped (``error``) and its champion goes on: a
+  challenger's failure is its own. Challengers count in their champion's size (MAX_MODEL_BYTES).
 - The **drift detector** (river.drift) is fed each supervised learn's error: the absolute error of
   a number, else 1 for a wrong label and 0 for a right one. Only drifts for the worse count (errors
   that rise; ADWIN also sees them fall as a young model learns). A detection counts in
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django_river_ml.exceptions import InvalidInput
+from django_river_ml.timelimit import CallOverMemory, CallTimeout
 
 #: Detectors a model may use, by name: river.drift's, made with fixed seeds (every replica alike).
 DETECTORS = {
@@ -136,6 +138,10 @@ def prediction_error(numeric: bool, target: Any, prediction: Any) -> float | Non
     return 0.0 if prediction == target else 1.0
 
 
+#: What a challenger's learn lets through: the entry's limits (timelimit.py) and the process stopping.
+STOPS_THE_ENTRY = (CallTimeout, CallOverMemory, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
 @dataclass
 class Challenger:
     """A model learning beside its champion: its own model, metrics, labels and count of learns."""
@@ -166,7 +172,9 @@ def learn_challengers(flavor, challengers: dict[str, Challenger], features: dict
             prediction = model.predict(dict(features)) if model.scores and target is not None else None
             model.score(target, prediction)
             model.learn(dict(features), target)
-        except Exception as error:  # noqa: BLE001 - any failure of the challenger's own code stops it alone
+        except STOPS_THE_ENTRY:  # the whole entry's time or memory limit, or the process stopping
+            raise
+        except BaseException as error:  # noqa: BLE001 - a raise or a Rust panic in its own code stops it alone
             challenger.error = f"{type(error).__name__}: {error}"[:500]
             continue
         challenger.labels = model.labels

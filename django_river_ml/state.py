@@ -536,8 +536,9 @@ class ModelRegistry:
     @staticmethod
     def _measure(replica: Replica) -> bool:
         """Measure the model as a snapshot would store it (see :mod:`django_river_ml.growth`); True if over."""
-        try:
-            size = len(run_limited(None, dump_state, replica.model, replica.metrics))
+        try:  # the challengers learn with the model: they count in its size
+            size = len(run_limited(None, dump_state, replica.model, replica.metrics, None, None, None,
+                                   replica.challengers))
         except Exception:  # a model that cannot be pickled fails alike everywhere: measure it later
             logger.exception("Could not measure model %s at %s", replica.name, replica.seq)
             size = replica.growth.size

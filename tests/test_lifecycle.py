@@ -32,7 +32,9 @@ from django_river_ml.exceptions import (
     AuthenticationRequired,
     ChallengerNotFound,
     InvalidInput,
+    ModelFull,
     ModelNotFound,
+    ModelTooLarge,
     QuotaExceeded,
     VersionNotFound,
 )
@@ -1131,3 +1133,50 @@ def test_the_guard_rolls_back_once_to_the_best_version_only_when_set(backend, se
     assert all(rollback["from_version"] != first["from_version"] for rollback in seen[1:])
     rolled = [v for v in versions if v["kind"] == "rollback"]
     assert [v["from_version"] for v in rolled] == [rollback["from_version"] for rollback in seen]
+
+
+# Found by the attack pass: a challenger is the champion's business in size, and its panics are its own ----------
+
+
+def test_a_challenger_that_panics_in_rust_is_stopped_and_its_champion_goes_on(backend):
+    """pyo3's PanicException is a BaseException: it used to escape the challenger and reject the champion's learn."""
+    from river import compose
+    from river._river_rust import stats as rust_stats
+
+    quantile = stats.RollingQuantile(q=0.5, window_size=5)
+    quantile.q = 2.0
+    quantile._rolling_quantile = rust_stats.RsRollingQuantile(2.0, 5)
+    panicking = compose.Pipeline(preprocessing.StatImputer(("boom", quantile)), linear_model.LinearRegression())
+    client = worker()
+    client.upload_model(compose.Discard("boom") | make_model("regression"), "regression", "m")
+    client.add_challenger("m", panicking, "regression", name="rusty")
+    for x, y in LEARN[:6]:
+        client.learn("m", {**x, "boom": 1.0}, ground_truth=y)
+    for x, y in LEARN[6:10]:  # a missing "boom" is imputed from the broken quantile: a Rust panic
+        assert client.learn("m", {**x, "boom": None}, ground_truth=y)["sequence"] > 0
+    board = client.challengers("m")
+    assert board["challengers"][0]["learned"] == 6 and "Panic" in board["challengers"][0]["error"], board
+    assert worker().challengers("m")["challengers"][0]["error"] == board["challengers"][0]["error"]  # every replica
+    assert head("m") == 11
+
+
+def test_challengers_count_in_their_champions_size(backend, settings):
+    from river import compose
+
+    configure(settings, MAX_MODEL_BYTES=60_000, SNAPSHOT_EVERY=5)
+    client = worker()
+    client.upload_model(compose.Select("x") | linear_model.LinearRegression(), "regression", "m")
+    big = preprocessing.OneHotEncoder() | linear_model.LinearRegression()
+    for i in range(3000):
+        big.learn_one({"s": f"value-{i}"}, 1.0)
+    with pytest.raises(ModelTooLarge, match="challengers count"):
+        client.add_challenger("m", big, "regression", name="big")
+    assert client.challengers("m")["challengers"] == []
+
+    # A challenger that grows past the limit fills its champion: the model learns no more.
+    client.add_challenger("m", preprocessing.OneHotEncoder() | linear_model.LinearRegression(), "regression", name="g")
+    with pytest.raises(ModelFull):
+        for i in range(200):
+            client.learn_many("m", [{"features": {"x": 1.0, "s": f"{i}-{j}-" + "z" * 40}, "ground_truth": 1.0}
+                                    for j in range(50)])
+    assert worker().challengers("m")["challengers"][0]["learned"] < 200 * 50
