@@ -350,6 +350,11 @@ class DjangoClient:
         if found is None:
             raise VersionNotFound(f"Model {model_name!r} has no version {version} (see its versions: "
                                   "older ones go as VERSIONS_KEPT and the others say).")
+        newest, info = (self.store.versions(incarnation) or [{}])[-1], self.store.model_info(model_name)
+        if (info is not None and newest.get("kind") == versions.ROLLBACK and newest.get("from_version") == version
+                and newest.get("sequence") == info.head):
+            # Back there already, and nothing learned since: the same state again would be one more copy of it.
+            return {"model": model_name, "from_version": version, **newest}
         seq, _ = self._append(model_name, lambda flavor: {"op": "restore", "state": found[1], "from_version": version},
                               incarnation=incarnation)
         record = self._version_at(incarnation, seq)

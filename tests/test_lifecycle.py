@@ -1180,3 +1180,17 @@ def test_challengers_count_in_their_champions_size(backend, settings):
             client.learn_many("m", [{"features": {"x": 1.0, "s": f"{i}-{j}-" + "z" * 40}, "ground_truth": 1.0}
                                     for j in range(50)])
     assert worker().challengers("m")["challengers"][0]["learned"] < 200 * 50
+
+
+def test_rolling_back_again_to_where_the_model_is_stores_nothing_more(backend):
+    """Found by the attack pass: 30 rollbacks to one version stored 30 copies of the model (37x its size)."""
+    client = worker()
+    client.upload_model(make_model("regression"), "regression", "m")
+    learn_rows(client, "m", LEARN[:5])
+    first = client.rollback("m", 1)
+    for _ in range(5):
+        assert client.rollback("m", 1) == first
+    assert [v["kind"] for v in client.versions("m")["versions"]] == ["upload", "rollback"] and head("m") == 6
+    learn_rows(client, "m", LEARN[5:6])  # learned since: going back is a change again
+    again = client.rollback("m", 1)
+    assert again["version"] > first["version"] and head("m") == 8
