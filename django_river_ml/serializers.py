@@ -543,12 +543,18 @@ class AccessResultSerializer(serializers.Serializer):
 
 
 class VersionField(serializers.IntegerField):
-    """A version number (:func:`django_river_ml.validation.validate_version`)."""
+    """A version number (:func:`django_river_ml.validation.validate_version`): a JSON whole number, or ASCII
+    digits in a query (not ``1.0``, nor ``"１"``, which Python's ``int`` would take)."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("min_value", 1)
         kwargs.setdefault("max_value", MAX_VERSION)
         super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, (float, bool)) or (isinstance(data, str) and not (data.isascii() and data.isdigit())):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class QuerySerializer(serializers.Serializer):

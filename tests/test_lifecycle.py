@@ -832,7 +832,7 @@ def test_unknown_model_on_every_lifecycle_route(champ):
     assert head("x") is None
 
 
-BAD_VERSIONS = [0, -1, "x", True, False, 1.5, None, [], {}, [1], 2**53 + 1, 10**30, ""]
+BAD_VERSIONS = [0, -1, "x", True, False, 1.5, 1.0, "１", "1.0", None, [], {}, [1], 2**53 + 1, 10**30, ""]
 
 
 def test_rollback_to_a_bad_version_is_400(champ):
@@ -845,7 +845,7 @@ def test_rollback_to_a_bad_version_is_400(champ):
 
 
 def test_download_of_a_bad_version_is_400(champ):
-    for version in ["", "0", "-1", "x", "true", "1.5", str(2**53 + 1), "1e3"]:
+    for version in ["", "0", "-1", "x", "true", "1.5", "1.0", "１", " 1", str(2**53 + 1), "1e3"]:
         response = champ.get("/api/model/download/champ/", {"version": version})
         assert response.status_code == 400, (version, response.status_code)
         assert_error(response, 400, "version")
