@@ -377,6 +377,8 @@ def test_a_restricted_stream_learns_of_a_new_model_and_leaves_a_deleted_one(secu
         changed = await following_all.until(2)
         await asyncio.to_thread(as_alice.delete_model, "first")
         gone = await following_first.until(3)
+        # Each stream ends after its stream-error: its reader may see the end a moment after the event.
+        await asyncio.wait([following_all.task, following_first.task], timeout=10)
         return changed[1:], gone[1:], following_all.task.done(), following_first.task.done()
 
     changed, gone, *ended = asyncio.run(scenario())
