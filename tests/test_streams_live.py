@@ -162,6 +162,13 @@ class Subscriber:
         expected = set(expected)
         return lambda _: expected <= set(self.sequences(model, kind))
 
+    def has_final_metrics(self, model: str, sequence: int, learns: int):
+        """Whether the model's last metrics event is at ``sequence`` with ``learns`` learns counted."""
+        def final(_) -> bool:
+            states = [event.data for event in self.of_type("metrics") if event.data["model"] == model]
+            return bool(states) and states[-1]["sequence"] == sequence and states[-1]["stats"]["learn"]["n_calls"] == learns
+        return final
+
     def opened(self) -> bool:
         return bool(self.of_type("stream-open"))
 
@@ -299,9 +306,11 @@ def test_every_subscriber_on_every_worker_gets_every_event(live_server_factory, 
     # d. The metrics streams end with the state after the last learn: GET /api/metrics/ and stats.
     expected = requests.get(f"{server.url}/api/metrics/", params={"model": "alpha"}, timeout=30).json()
     stats = requests.get(f"{server.url}/api/stats/", params={"model": "alpha"}, timeout=30).json()
+    # A worker may send the metrics at sequence 100 while the worker that applied learn 100 has not
+    # counted it yet (99 calls); that worker then sends the state with 100 calls, an interval later.
     for subscriber in (alpha_metrics, all_metrics):
-        subscriber.wait_for(subscriber.has_sequences("alpha", [100], kind="metrics"), what="alpha's metrics at 100")
-    all_metrics.wait_for(all_metrics.has_sequences("beta", [10], kind="metrics"), what="beta's metrics at 10")
+        subscriber.wait_for(subscriber.has_final_metrics("alpha", 100, 100), what="alpha's metrics after 100 learns")
+    all_metrics.wait_for(all_metrics.has_final_metrics("beta", 10, 10), what="beta's metrics after 10 learns")
     elapsed = time.monotonic() - started
     for subscriber in (alpha_metrics, all_metrics):
         states = [event.data for event in subscriber.of_type("metrics") if event.data["model"] == "alpha"]
@@ -311,7 +320,9 @@ def test_every_subscriber_on_every_worker_gets_every_event(live_server_factory, 
         # The same counts and durations; the rates are per second up to the moment each was read.
         assert without_rates(states[-1]["stats"]) == without_rates(stats)
         sequences = [state["sequence"] for state in states]
-        assert sequences == sorted(set(sequences)), sequences  # never twice, never older
+        assert sequences == sorted(sequences), sequences  # never older
+        learns = [state["stats"]["learn"]["n_calls"] for state in states]
+        assert learns == sorted(set(learns)), learns  # never the same state twice
         # Coalesced: at most one per STREAM_METRICS_INTERVAL_SECONDS (0.5), whichever worker sends.
         assert len(states) <= elapsed / 0.5 + 2, (len(states), elapsed)
     assert {event.data["model"] for event in alpha_metrics.of_type("metrics")} == {"alpha"}
