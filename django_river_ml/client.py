@@ -288,7 +288,7 @@ class DjangoClient:
         ``version``, as it was at that version."""
         if version is not None:
             info = self._info(model_name)
-            found = self.store.version_snapshot(info.incarnation, validate_version(version))
+            found = self.store.version_snapshot(model_name, info.incarnation, validate_version(version))
             if found is None:
                 raise VersionNotFound(f"Model {model_name!r} has no version {version}.")
             return self._pickled(load_state(found[1])["model"])
@@ -329,13 +329,13 @@ class DjangoClient:
     def versions(self, model_name: str) -> dict:
         """The model's versions, oldest first: ``{version, sequence, created, kind, metrics, …}`` each."""
         info = self._info(model_name)
-        return {"model": model_name, "versions": self.store.versions(info.incarnation)}
+        return {"model": model_name, "versions": self.store.versions(model_name, info.incarnation)}
 
     def take_version(self, model_name: str) -> dict:
         """Keep the model as it is now (every acknowledged learn included) as a version; its record."""
         info = self._writable(model_name)
         seq = self.registry.take_version(model_name, info.incarnation)
-        record = self._version_at(info.incarnation, seq)
+        record = self._version_at(model_name, info.incarnation, seq)
         events.emit("version", {"model": model_name, **record}, incarnation=info.incarnation)
         return {"model": model_name, **record}
 
@@ -346,18 +346,18 @@ class DjangoClient:
         return self._restore(model_name, info.incarnation, validate_version(version))
 
     def _restore(self, model_name: str, incarnation: str, version: int, reason: str = "asked") -> dict:
-        found = self.store.version_snapshot(incarnation, version)
+        found = self.store.version_snapshot(model_name, incarnation, version)
         if found is None:
             raise VersionNotFound(f"Model {model_name!r} has no version {version} (see its versions: "
                                   "older ones go as VERSIONS_KEPT and the others say).")
-        newest, info = (self.store.versions(incarnation) or [{}])[-1], self.store.model_info(model_name)
+        newest, info = (self.store.versions(model_name, incarnation) or [{}])[-1], self.store.model_info(model_name)
         if (info is not None and newest.get("kind") == versions.ROLLBACK and newest.get("from_version") == version
                 and newest.get("sequence") == info.head):
             # Back there already, and nothing learned since: the same state again would be one more copy of it.
             return {"model": model_name, "from_version": version, **newest}
         seq, _ = self._append(model_name, lambda flavor: {"op": "restore", "state": found[1], "from_version": version},
                               incarnation=incarnation)
-        record = self._version_at(incarnation, seq)
+        record = self._version_at(model_name, incarnation, seq)
         events.emit("rollback", {"model": model_name, "sequence": seq, "from_version": version, "reason": reason},
                     incarnation=incarnation)
         return {"model": model_name, "from_version": version, **record}
@@ -373,7 +373,7 @@ class DjangoClient:
             name, now, bigger = type(metric).__name__, metric.get(), metric.bigger_is_better
         if not isinstance(now, (int, float)):
             return
-        records = self.store.versions(incarnation)
+        records = self.store.versions(model_name, incarnation)
         scored = [record for record in records if record["kind"] not in (versions.UPLOAD, versions.ROLLBACK)
                   and record["sequence"] < seq
                   and isinstance(record.get("metrics", {}).get(name), (int, float))]
@@ -460,7 +460,7 @@ class DjangoClient:
             raise ChallengerNotFound(f"Model {champion!r} has no challenger named {challenger!r}.")
         seq, _ = self._append(champion, lambda flavor: {"op": "promote", "challenger": challenger},
                               incarnation=info.incarnation)
-        record = self._version_at(info.incarnation, seq)
+        record = self._version_at(champion, info.incarnation, seq)
         events.emit("promote", {"model": champion, "challenger": challenger, "sequence": seq},
                     incarnation=info.incarnation)
         return {"model": champion, "challenger": challenger, **record}
@@ -470,9 +470,9 @@ class DjangoClient:
         self._require_identity()
         return self._info(model_name, write=True)
 
-    def _version_at(self, incarnation: str, seq: int) -> dict:
+    def _version_at(self, model_name: str, incarnation: str, seq: int) -> dict:
         """The record of the version written at ``seq`` (just now); a bare one if its snapshot failed."""
-        for record in reversed(self.store.versions(incarnation)):
+        for record in reversed(self.store.versions(model_name, incarnation)):
             if record["sequence"] == seq:
                 return record
         return {"version": None, "sequence": seq}

@@ -149,7 +149,7 @@ class Ingester:
         self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
         self.dead_letter = f"{stream}:dead" if dead_letter is None else dead_letter
         self.client = client or DjangoClient()
-        self.client.store.known_keys("", [])  # NotSupported now, not for every entry, if the store records no keys
+        self.client.store.known_keys("", "", [])  # NotSupported now, not for every entry, if the store records no keys
         self.report, self.report_seconds = report, report_seconds
         self.counts = Counts()
         self.stop = threading.Event()

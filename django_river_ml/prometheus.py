@@ -105,7 +105,7 @@ def model_families(reading: Reading) -> Iterator[Metric]:
     for model in reading.models:
         info.add_metric([model.name, model.flavor], 1)
         head.add_metric([model.name], model.head)
-        seq = store.snapshot_seq(model.incarnation)
+        seq = store.snapshot_seq(model.name, model.incarnation)
         if seq is not None:  # None: deleted since it was listed
             snapshot.add_metric([model.name], seq)
     yield from (info, head, snapshot)

@@ -189,6 +189,11 @@ class ModelRegistry:
             self._advance(replica, info.head)
         return replica
 
+    def _outdated(self, name: str, replica: Replica) -> bool:
+        """Whether the model under ``name`` is no longer the upload ``replica`` is of (or is gone)."""
+        info = self.store.model_info(name)
+        return info is None or info.incarnation != replica.incarnation
+
     def forget(self, name: str) -> None:
         with self._lock:
             self._replicas.pop(name, None)
@@ -240,7 +245,13 @@ class ModelRegistry:
                 if info is None or (incarnation is not None and info.incarnation != incarnation):
                     raise ModelNotFound(f"No model named {name!r}.")
                 replica = self._load(info)
-            entry = make_entry(replica.flavor)
+            try:
+                entry = make_entry(replica.flavor)
+            except Exception:  # judged by a replica of an upload since replaced (another flavor, maybe)?
+                if incarnation is None and self._outdated(name, replica):
+                    self.forget(name)
+                    continue
+                raise
             if replica.growth.full and entry.get("op") not in CONTROLS:  # full stays full: refuse before the log
                 raise model_full(replica)
             expected = self._worth_shipping(replica, entry)
@@ -298,11 +309,7 @@ class ModelRegistry:
         if incarnation is not None and replica.incarnation != incarnation:
             raise ModelNotFound(f"No model named {name!r}.")
         with replica.lock:
-            data = run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
-                               self._skipped_record(replica), replica.labels, replica.challengers, replica.drift)
-            record = versions.record(replica.seq, versions.MANUAL, describe_metrics(replica.metrics))
-            self.store.save_snapshot(replica.name, replica.incarnation, replica.seq, data,
-                                     keep=river_settings.SNAPSHOTS_KEPT, version=record)
+            self._write_version(replica, versions.MANUAL)
             return replica.seq
 
     def recorded_keys(self, name: str, incarnation: str, keys: Sequence[str]) -> dict[str, int]:
@@ -312,12 +319,12 @@ class ModelRegistry:
         catches up first, so that an entry the model raises on is rejected everywhere, and
         its keys no longer count (that learn may be tried again).
         """
-        known = self.store.known_keys(incarnation, keys) if keys else {}
+        known = self.store.known_keys(name, incarnation, keys) if keys else {}
         if not known:
             return {}
         if self.replica(name).incarnation != incarnation:
             raise ModelNotFound(f"No model named {name!r}.")
-        return self.store.known_keys(incarnation, list(known))
+        return self.store.known_keys(name, incarnation, list(known))
 
     # Internals -------------------------------------------------------------
 
@@ -348,7 +355,7 @@ class ModelRegistry:
         at_most = None if watch is None else watch - 1
         deadline = time.monotonic() + SHIP_WAIT_FACTOR * expected + SHIP_WAIT_MARGIN_SECONDS
         while True:
-            found = self.store.snapshot_seq(replica.incarnation, at_most)
+            found = self.store.snapshot_seq(replica.name, replica.incarnation, at_most)
             if found is not None and found >= seq:
                 self._rebuild(replica, at_most)
                 return replica.seq >= seq
@@ -401,9 +408,9 @@ class ModelRegistry:
         """Reload ``replica`` in place from its newest snapshot (``at_most``: from before that entry, if
         one is left); the caller replays the entries after it."""
         started = time.perf_counter()
-        snapshot = self.store.latest_snapshot(replica.incarnation, at_most)
+        snapshot = self.store.latest_snapshot(replica.name, replica.incarnation, at_most)
         if snapshot is None and at_most is not None:
-            snapshot = self.store.latest_snapshot(replica.incarnation)
+            snapshot = self.store.latest_snapshot(replica.name, replica.incarnation)
         if snapshot is None:
             raise ModelNotFound(f"No model named {replica.name!r}.")
         seq, data = snapshot
@@ -427,17 +434,17 @@ class ModelRegistry:
         """
         outcome = Outcome()
         while replica.seq < upto:
-            entries = self.store.entries(replica.incarnation, replica.seq, upto)
+            entries = self.store.entries(replica.name, replica.incarnation, replica.seq, upto)
             if not entries or entries[0].seq != replica.seq + 1:
                 # The log before the newest snapshots was trimmed: start from a snapshot.
                 self._rebuild(replica, None if watch is None else watch - 1)
-                entries = self.store.entries(replica.incarnation, replica.seq, upto)
+                entries = self.store.entries(replica.name, replica.incarnation, replica.seq, upto)
                 if watch is not None and replica.seq < upto and (not entries or entries[0].seq != replica.seq + 1):
                     # That snapshot is an older one kept as a version: newer ones, past our own entry, were
                     # written meanwhile and the log up to them is trimmed. Go on from the newest (another
                     # worker applied our entry: see the end).
                     self._rebuild(replica)
-                    entries = self.store.entries(replica.incarnation, replica.seq, upto)
+                    entries = self.store.entries(replica.name, replica.incarnation, replica.seq, upto)
             if replica.seq < upto and (not entries or entries[0].seq != replica.seq + 1
                                        or entries[-1].seq != upto or len(entries) != upto - replica.seq):
                 raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
@@ -459,7 +466,7 @@ class ModelRegistry:
                     continue
                 if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") not in NOT_LEARNS:
                     # A learn after the one that filled the model: every replica rejects it alike.
-                    self.store.reject(replica.incarnation, entry.seq, FULL)
+                    self.store.reject(replica.name, replica.incarnation, entry.seq, FULL)
                     replica.seq = entry.seq
                     replica.skipped.add(entry.seq)
                     if entry.seq == watch:
@@ -484,13 +491,13 @@ class ModelRegistry:
                     if isinstance(error, CallLimitExceeded) and entry.seq != watch:
                         self._rebuild(replica)
                         if watch is not None:  # our own entry, not reached: ours to judge, and not applied
-                            self.store.reject(replica.incarnation, watch)
+                            self.store.reject(replica.name, replica.incarnation, watch)
                         raise ModelBusy(
                             f"Model {replica.name!r} is catching up with an entry that went over its limits "
                             f"here ({error}); try again shortly."
                         ) from None
                     logger.info("Model %s rejected entry %s: %r", replica.name, entry.seq, error)
-                    self.store.reject(replica.incarnation, entry.seq)
+                    self.store.reject(replica.name, replica.incarnation, entry.seq)
                     if entry.seq == watch:
                         outcome.error = error
                     self._rebuild(replica)
@@ -505,7 +512,7 @@ class ModelRegistry:
                     # Every replica measures here and finds the same size: all reject this learn.
                     if entry.seq == watch:
                         outcome.error, outcome.prediction = model_full(replica), None
-                    self.store.reject(replica.incarnation, entry.seq, FULL)
+                    self.store.reject(replica.name, replica.incarnation, entry.seq, FULL)
                     replica.seq = -1
                     self._rebuild(replica)
                     break
@@ -581,16 +588,24 @@ class ModelRegistry:
         floor = max(replica.skipped_from, replica.seq - RETRACT_WINDOW)
         return {"seqs": sorted(seq for seq in replica.skipped if seq > floor), "from": floor}
 
-    def _snapshot(self, replica: Replica, kind: str = versions.SNAPSHOT, **details: Any) -> bool:
-        """Write the replica's state as a snapshot: a version (``kind``: why it was written). False: it failed."""
-        try:
-            started = time.perf_counter()
-            data = run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
-                               self._skipped_record(replica), replica.labels, replica.challengers, replica.drift)
+    def _write_version(self, replica: Replica, kind: str, *, timed: bool = False, **details: Any) -> None:
+        """Write the replica's state as a snapshot, a version of ``kind`` (under its lock); raises if it fails.
+
+        ``timed``: keep the dump's duration as ``dump_seconds`` (what shipping weighs); take_version leaves it be.
+        """
+        started = time.perf_counter()
+        data = run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
+                           self._skipped_record(replica), replica.labels, replica.challengers, replica.drift)
+        if timed:
             replica.dump_seconds = time.perf_counter() - started
-            record = versions.record(replica.seq, kind, describe_metrics(replica.metrics), **details)
-            self.store.save_snapshot(replica.name, replica.incarnation, replica.seq, data,
-                                     keep=river_settings.SNAPSHOTS_KEPT, version=record)
+        record = versions.record(replica.seq, kind, describe_metrics(replica.metrics), **details)
+        self.store.save_snapshot(replica.name, replica.incarnation, replica.seq, data,
+                                 keep=river_settings.SNAPSHOTS_KEPT, version=record)
+
+    def _snapshot(self, replica: Replica, kind: str = versions.SNAPSHOT, **details: Any) -> bool:
+        """:meth:`_write_version` for the appender, whose learn is acknowledged anyway. False: it failed."""
+        try:
+            self._write_version(replica, kind, timed=True, **details)
         except Exception:  # a missed snapshot only lengthens the next replay
             logger.exception("Could not snapshot model %s at %s", replica.name, replica.seq)
             return False

@@ -97,7 +97,7 @@ def test_the_learn_that_filled_the_model_is_marked_full_in_the_log(small_limit, 
     client.upload_model(sandbox_probes.Hoarder(), "regression", model_name="hoard")
     accepted = learn_until_full(client, "hoard")
     info = client.store.model_info("hoard")
-    reasons = [entry.rejected for entry in client.store.entries(info.incarnation, 0, info.head)]
+    reasons = [entry.rejected for entry in client.store.entries(info.name, info.incarnation, 0, info.head)]
     assert reasons[accepted] == FULL and not any(reasons[:accepted]), reasons
     # A worker that starts now reads the mark and refuses learns without measuring anything.
     with pytest.raises(ModelFull):

@@ -149,12 +149,12 @@ def test_keys_of_a_deleted_or_replaced_model_do_not_leak_to_its_successor(river_
     river_client.learn(counted, {"x": 1}, 1.0, idempotency_key="k")
     old = river_client.store.model_info(counted).incarnation
     river_client.delete_model(counted)
-    assert river_client.store.known_keys(old, ["k"]) == {}  # dropped with the model
+    assert river_client.store.known_keys(counted, old, ["k"]) == {}  # dropped with the model
     river_client.upload_model(RunningMean(), "custom", counted)
     assert river_client.learn(counted, {"x": 1}, 1.0, idempotency_key="k") == {"model": counted, "sequence": 1}
     replaced = river_client.store.model_info(counted).incarnation
     river_client.upload_model(RunningMean(), "custom", counted)  # replaced, not deleted
-    assert river_client.store.known_keys(replaced, ["k"]) == {}
+    assert river_client.store.known_keys(counted, replaced, ["k"]) == {}
     assert river_client.learn(counted, {"x": 1}, 1.0, idempotency_key="k") == {"model": counted, "sequence": 1}
     assert learned(river_client, counted) == 1
 
@@ -175,7 +175,7 @@ def test_beyond_the_cap_the_oldest_keys_are_forgotten(river_client, counted, set
     for key in "abcd":
         client.learn(counted, {"x": 1}, 1.0, idempotency_key=key)
     incarnation = client.store.model_info(counted).incarnation
-    assert client.store.known_keys(incarnation, list("abcd")) == {"b": 2, "c": 3, "d": 4}
+    assert client.store.known_keys(counted, incarnation, list("abcd")) == {"b": 2, "c": 3, "d": 4}
     assert client.learn(counted, {"x": 1}, 1.0, idempotency_key="d")["duplicate"] is True
     assert "duplicate" not in client.learn(counted, {"x": 1}, 1.0, idempotency_key="a")  # forgotten: learned again
     assert learned(client, counted) == 5

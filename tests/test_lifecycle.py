@@ -42,6 +42,7 @@ from django_river_ml.flavors import get_flavor
 from django_river_ml.storage import get_store, make_store
 from example_project.custom_models import Fragile, RunningMean
 from flavored_models import examples, make_model
+from lifecycle_driving import expected_counts, roll_back_while_learning
 
 DATA = examples("regression", 60)
 LEARN, PROBES = DATA[:50], [x for x, _ in DATA[50:56]]
@@ -246,48 +247,17 @@ def test_a_rollback_under_concurrent_learns_loses_no_learn_acknowledged_after_it
         owner.learn("m", tagged(tag), ground_truth=1.0)
     version = owner.take_version("m")
 
-    acknowledged: list[tuple[int, str, bool]] = []  # (sequence, tag, sent after the rollback was acknowledged)
-    lock, enough, rolled_back, failures = threading.Lock(), threading.Event(), threading.Event(), []
+    def new_learn():
+        client = worker()
+        return lambda tag: client.learn("m", tagged(tag), ground_truth=1.0)["sequence"]
 
-    def learner(k: int) -> None:
-        client, after, i = worker(), 0, 0
-        try:
-            while after < 6:
-                tag, late = f"w{k}-{i}", rolled_back.is_set()
-                seq = client.learn("m", tagged(tag), ground_truth=1.0)["sequence"]
-                with lock:
-                    acknowledged.append((seq, tag, late))
-                    if len(acknowledged) >= 24:
-                        enough.set()
-                after, i = after + late, i + 1
-        except Exception as error:  # noqa: BLE001 - reported below
-            failures.append(error)
-            enough.set()
-
-    threads = [threading.Thread(target=learner, args=(k,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    assert enough.wait(120)
-    rollback = worker().rollback("m", version["version"])
-    rolled_back.set()
-    with lock:
-        known = list(acknowledged)  # acknowledged before the version below is asked for
-    middle = worker().take_version("m")  # while they learn on
-    for thread in threads:
-        thread.join(120)
-    assert not failures, failures
-    at = rollback["sequence"]
-    # The version taken meanwhile holds every learn acknowledged before it was asked for, and is exactly the
-    # version rolled back to plus the learns up to its sequence.
-    assert all(seq <= middle["sequence"] for seq, _, _ in known)
-    assert dict(pickle.loads(owner.download_model("m", version=middle["version"]))["StandardScaler"].counts) == {
-        tag: 1 for tag in before} | {tag: 1 for seq, tag, _ in acknowledged if at < seq <= middle["sequence"]}
-    sequences = [seq for seq, _, _ in acknowledged]
-    assert len(set(sequences)) == len(sequences) and at not in sequences
-    assert all(seq > at for seq, _, late in acknowledged if late)  # sent after it: after it in the log
-    assert any(seq < at for seq in sequences), "the rollback came before any concurrent learn"
+    run = roll_back_while_learning(new_learn, lambda: worker().rollback("m", version["version"]),
+                                   lambda: worker().take_version("m"), threads=4, late=6, enough=24)
+    expected = expected_counts(run, before, lambda v: dict(
+        pickle.loads(owner.download_model("m", version=v))["StandardScaler"].counts))
+    sequences = [seq for seq, _, _ in run.acknowledged]
+    assert len(set(sequences)) == len(sequences) and run.at not in sequences
     # Exactly what the version had, and every learn acknowledged after the rollback, each once.
-    expected = {tag: 1 for tag in before} | {tag: 1 for seq, tag, _ in acknowledged if seq > at}
     for client in (owner, worker()):
         assert learned_tags(client, "m") == expected
     assert ("rollback", version["version"]) in [(v["kind"], v.get("from_version")) for v in
@@ -560,7 +530,7 @@ def test_a_challenger_that_raises_is_stopped_and_its_champion_goes_on(backend):
         assert (seen["steady"]["learned"], seen["steady"]["error"]) == (3, None)
         assert client.predict("champ", {})["prediction"] == 4.0  # the mean of 2, 4 and 6
     assert first.store.model_info("champ").head == 5  # two challenges, three learns: none rejected
-    assert all(not entry.rejected for entry in first.store.entries(first.store.model_info("champ").incarnation, 0, 5))
+    assert all(not entry.rejected for entry in first.store.entries("champ", first.store.model_info("champ").incarnation, 0, 5))
 
 
 def test_withdrawn_challengers_learn_no_more(backend):

@@ -10,7 +10,6 @@ One server per store serves the three parts (a server takes seconds to start).
 from __future__ import annotations
 
 import pickle
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,6 +17,7 @@ import requests
 from river import dummy, drift, stats
 
 from flavored_models import make_model
+from lifecycle_driving import expected_counts, roll_back_while_learning
 from test_lifecycle import (
     BATCH,
     CHANGE,
@@ -106,47 +106,19 @@ def rollback_under_concurrent_learns(api: Api) -> None:
     assert kept == {tag: 1 for tag in before}
 
     # Rolled back again while six threads learn, each on its own connection.
-    acknowledged: list[tuple[int, str, bool]] = []
-    lock, enough, rolled_back, failures = threading.Lock(), threading.Event(), threading.Event(), []
+    def new_learn():
+        session = requests.Session()
+        return lambda tag: api.json("POST", "/learn/", 201, session=session,
+                                    json={"model": "m", "features": tagged(tag), "ground_truth": 1.0})["sequence"]
 
-    def learner(k: int) -> None:
-        session, after, i = requests.Session(), 0, 0
-        try:
-            while after < 5:
-                tag, late = f"w{k}-{i}", rolled_back.is_set()
-                seq = api.json("POST", "/learn/", 201, session=session,
-                               json={"model": "m", "features": tagged(tag), "ground_truth": 1.0})["sequence"]
-                with lock:
-                    acknowledged.append((seq, tag, late))
-                    if len(acknowledged) >= 30:
-                        enough.set()
-                after, i = after + late, i + 1
-        except BaseException as error:  # noqa: BLE001 - reported below
-            failures.append(error)
-            enough.set()
-
-    threads = [threading.Thread(target=learner, args=(k,)) for k in range(6)]
-    for thread in threads:
-        thread.start()
-    assert enough.wait(120)
-    at = api.json("POST", "/model/m/rollback/", json={"version": version["version"]})["sequence"]
-    rolled_back.set()
-    with lock:
-        known = list(acknowledged)  # acknowledged before the version below is asked for
-    middle = api.json("POST", "/model/m/versions/", 201)  # while they learn on
-    for thread in threads:
-        thread.join(120)
-    assert not failures, failures
-    assert all(seq <= middle["sequence"] for seq, _, _ in known)
-    assert dict(api.download("m", middle["version"])["StandardScaler"].counts) == {tag: 1 for tag in before} | {
-        tag: 1 for seq, tag, _ in acknowledged if at < seq <= middle["sequence"]}
-    assert all(seq > at for seq, _, late in acknowledged if late)
-    assert any(seq < at for seq, _, _ in acknowledged), "the rollback came before any concurrent learn"
-    expected = {tag: 1 for tag in before} | {tag: 1 for seq, tag, _ in acknowledged if seq > at}
+    run = roll_back_while_learning(
+        new_learn, lambda: api.json("POST", "/model/m/rollback/", json={"version": version["version"]}),
+        lambda: api.json("POST", "/model/m/versions/", 201), threads=6, late=5, enough=30)
+    expected = expected_counts(run, before, lambda v: dict(api.download("m", v)["StandardScaler"].counts))
     assert same_everywhere(api, lambda: dict(api.download("m")["StandardScaler"].counts)) == expected
     listed = same_everywhere(api, lambda: api.json("GET", "/model/m/versions/")["versions"])
     assert [(v["sequence"], v.get("from_version")) for v in listed if v["kind"] == "rollback"] == [
-        (18, version["version"]), (at, version["version"])]
+        (18, version["version"]), (run.at, version["version"])]
 
 
 def challenger_then_promotion(api: Api) -> None:

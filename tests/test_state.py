@@ -61,6 +61,17 @@ def test_learns_in_one_worker_are_seen_by_another(backend):
     assert second.stats("shared")["learn"]["n_calls"] == 20
 
 
+def test_a_worker_learns_into_a_name_uploaded_again_with_another_flavor(backend):
+    """Its replica of the old upload must not judge the learn (a regression's label refused for a classifier)."""
+    first, second = worker(), worker()
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression", "reused")
+    second.learn("reused", {"x": 1.0}, ground_truth=3.5)  # second keeps a replica of the regression
+    first.delete_model("reused")
+    first.upload_model(preprocessing.StandardScaler() | linear_model.LogisticRegression(), "binary", "reused")
+    assert second.learn("reused", {"x": 1.0}, ground_truth=True)["sequence"] == 1
+    assert second.metrics("reused") == first.metrics("reused")
+
+
 def test_failed_learn_leaves_no_trace_in_any_worker(backend):
     first, second = worker(), worker()
     first.upload_model(fragile_pipeline(), "custom", "fragile")
@@ -93,7 +104,7 @@ def test_worker_that_meets_a_bad_entry_first_rebuilds_without_it(backend):
     # An append whose author has not applied it yet (as if it were still in flight).
     first.store.append("race", info.incarnation, pickle.dumps({"x": {"a": 9.0, "boom": 1}, "y": 1.0}))
     assert state_of(second, "race") == ({"a": 1}, 1)
-    assert first.store.entries(info.incarnation, 1, 2)[0].rejected
+    assert first.store.entries(info.name, info.incarnation, 1, 2)[0].rejected
     assert state_of(first, "race") == ({"a": 1}, 1)
 
 
@@ -111,9 +122,9 @@ def test_snapshots_trim_the_log_and_stale_workers_catch_up(backend, settings):
 
     info = first.store.model_info("snap")
     assert info.head == 23
-    assert first.store.latest_snapshot(info.incarnation)[0] == 20
+    assert first.store.latest_snapshot(info.name, info.incarnation)[0] == 20
     # Two snapshots kept (15, 20): the log up to 15 is gone, the tail after it remains.
-    assert [entry.seq for entry in first.store.entries(info.incarnation, 0, 23)] == list(range(16, 24))
+    assert [entry.seq for entry in first.store.entries(info.name, info.incarnation, 0, 23)] == list(range(16, 24))
 
     assert stale.predict("snap", x0)["prediction"] == first.predict("snap", x0)["prediction"]
     assert stale.metrics("snap") == first.metrics("snap")

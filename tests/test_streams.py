@@ -211,7 +211,7 @@ def test_a_broken_event_log_drops_events_and_never_fails_a_call(backend, setting
 
 def test_a_full_queue_drops_and_counts_instead_of_waiting(backend):
     publisher = publisher_module.Publisher(queue_size=1)
-    publisher.queue.put_nowait(("learn", "m", "{}", ""))  # the thread may take it; fill again
+    publisher.queue.put_nowait(("learn", "m", "{}", "", 0))  # the thread may take it; fill again
     for _ in range(50):
         publisher.put("learn", {"model": "m"})
     assert publisher.dropped >= 48

@@ -48,7 +48,7 @@ def test_catching_up_on_a_slow_entry_answers_busy_and_rejects_nothing(slow_model
     seq = appended_by_another_worker(slow_model, {"slow": LIMIT * CATCH_UP_FACTOR + 2})
     with pytest.raises(ModelBusy):
         prediction(slow_model)
-    entry = slow_model.store.entries(slow_model.store.model_info("slow").incarnation, seq - 1, seq)[0]
+    entry = slow_model.store.entries("slow", slow_model.store.model_info("slow").incarnation, seq - 1, seq)[0]
     assert not entry.rejected  # not this worker's verdict: the entry may have been acknowledged
 
 
@@ -61,7 +61,7 @@ def test_an_entry_finished_here_but_rejected_by_its_appender_is_undone(slow_mode
     # Its appender ran out of time on it: it rejects the entry and logs the retraction.
     registry = slow_model.registry
     replica = registry.replica("slow")
-    slow_model.store.reject(replica.incarnation, seq)
+    slow_model.store.reject(replica.name, replica.incarnation, seq)
     registry._retract("slow", replica, seq)
     assert prediction(fast_worker) == 1.0  # rolled back
     assert prediction(DjangoClient(store=slow_model.store)) == 1.0  # a new worker never sees it

@@ -145,11 +145,11 @@ class Store(abc.ABC):
         """Append an entry, returning its sequence number; None if that incarnation is gone."""
 
     @abc.abstractmethod
-    def entries(self, incarnation: str, after: int, upto: int) -> list[LogEntry]:
+    def entries(self, name: str, incarnation: str, after: int, upto: int) -> list[LogEntry]:
         """Entries with after < seq <= upto, in order (trimmed ones are absent)."""
 
     @abc.abstractmethod
-    def reject(self, incarnation: str, seq: int, reason: int = 1) -> None:
+    def reject(self, name: str, incarnation: str, seq: int, reason: int = 1) -> None:
         """Mark an entry as rejected (``REJECTED``, or ``FULL``): replicas skip it from now on.
 
         The idempotency keys recorded with it no longer count (see :meth:`append_keyed`).
@@ -170,7 +170,7 @@ class Store(abc.ABC):
         """
         raise NotSupported(f"The {self.backend_name} store does not record idempotency keys.")
 
-    def known_keys(self, incarnation: str, keys: Sequence[str]) -> dict[str, int]:
+    def known_keys(self, name: str, incarnation: str, keys: Sequence[str]) -> dict[str, int]:
         """Which of ``keys`` count for ``incarnation`` (see :meth:`append_keyed`): ``{key: sequence}``."""
         raise NotSupported(f"The {self.backend_name} store does not record idempotency keys.")
 
@@ -187,19 +187,19 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def versions(self, incarnation: str) -> list[dict]:
+    def versions(self, name: str, incarnation: str) -> list[dict]:
         """The version records of an incarnation, oldest first, each with its number (``version``)."""
 
     @abc.abstractmethod
-    def version_snapshot(self, incarnation: str, version: int) -> tuple[int, bytes] | None:
+    def version_snapshot(self, name: str, incarnation: str, version: int) -> tuple[int, bytes] | None:
         """(sequence, bytes) of version ``version``; None if there is no such version (or no longer)."""
 
     @abc.abstractmethod
-    def latest_snapshot(self, incarnation: str, at_most: int | None = None) -> tuple[int, bytes] | None:
+    def latest_snapshot(self, name: str, incarnation: str, at_most: int | None = None) -> tuple[int, bytes] | None:
         """(sequence, bytes) of the newest snapshot (with ``at_most``: of sequence ``at_most`` or lower)."""
 
     @abc.abstractmethod
-    def snapshot_seq(self, incarnation: str, at_most: int | None = None) -> int | None:
+    def snapshot_seq(self, name: str, incarnation: str, at_most: int | None = None) -> int | None:
         """The sequence of :meth:`latest_snapshot` without its bytes (a cheap look-up to wait on)."""
 
     # Identifiers -----------------------------------------------------------

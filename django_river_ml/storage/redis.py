@@ -40,6 +40,9 @@ from django_river_ml.storage.base import ANY, OK, Access, CallStats, LogEntry, M
 
 logger = logging.getLogger(__name__)
 
+# Models kept in the list of the most recently called (what a starting worker warms up from).
+RECENT_KEPT = 1000
+
 # ARGV[9] expect: '*' any model, '' none, else that incarnation. ARGV[10] max_owned: 0 for none.
 # KEYS[5] is the prefix of the owned-by sets.
 CREATE = """
@@ -170,6 +173,7 @@ KNOWN_KEYS = KNOWN_KEYS_FUNCTION + """
 return known_keys(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), 2)
 """
 
+# KEYS: stats, model, rates. 0 if the incarnation is gone (its counts are dropped).
 RECORD_CALLS = """
 if redis.call('HGET', KEYS[2], 'incarnation') ~= ARGV[1] then return 0 end
 local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2] .. ':n') or '0')
@@ -178,24 +182,21 @@ redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':total', ARGV[4])
 local start = tonumber(ARGV[5])
 if before > 0 then start = tonumber(redis.call('HGET', KEYS[1], ARGV[2] .. ':ewm')) end
 redis.call('HSET', KEYS[1], ARGV[2] .. ':ewm', tostring(tonumber(ARGV[6]) * start + tonumber(ARGV[7])))
-local used = redis.call('ZSCORE', KEYS[3], ARGV[9])
-if not used or tonumber(used) < tonumber(ARGV[8]) then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[9]) end
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1001)
 local i = 13
 for _ = 1, tonumber(ARGV[12]) do
     redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':b' .. ARGV[i], ARGV[i + 1])
     i = i + 2
 end
 while i < #ARGV do
-    redis.call('HINCRBY', KEYS[4], ARGV[2] .. ':' .. ARGV[i], ARGV[i + 1])
+    redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. ARGV[i], ARGV[i + 1])
     i = i + 2
 end
 local oldest = tonumber(ARGV[10])
-for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
     local slot = tonumber(string.match(field, ':(%-?%d+)$'))
-    if slot and slot < oldest then redis.call('HDEL', KEYS[4], field) end
+    if slot and slot < oldest then redis.call('HDEL', KEYS[3], field) end
 end
-redis.call('EXPIRE', KEYS[4], ARGV[11])
+redis.call('EXPIRE', KEYS[3], ARGV[11])
 return 1
 """
 
@@ -258,7 +259,16 @@ class RedisStore(Store):
         return cls(connect(settings), settings.REDIS_KEY_PREFIX)
 
     def key(self, *parts: object) -> str:
+        """A key of the whole store (the models index, the recent models, the error counts)."""
         return ":".join((self.prefix, *map(str, parts)))
+
+    def model_key(self, kind: str, name: str, *parts: object) -> str:
+        """A key of the model ``name`` that outlives its uploads (its hash, stats, pending identifiers)."""
+        return self.key(kind, name, *parts)
+
+    def incarnation_key(self, kind: str, name: str, incarnation: str, *parts: object) -> str:
+        """A key of one upload (incarnation) of the model ``name``: its log, snapshots, versions."""
+        return self.key(kind, incarnation, *parts)
 
     def _call(self, function, *args, **kwargs):
         """Run a command, script or pipeline; every Redis failure is :class:`StorageUnavailable` (a 503).
@@ -291,9 +301,9 @@ class RedisStore(Store):
                      version=None):
         outcome, old = self._call(
             self._create,
-            keys=[self.key("model", name), self.key("models"), self.key("snapshot", incarnation, 0),
-                  self.key("snapshots", incarnation), self.key("owned", ""), self.key("versions", incarnation),
-                  self.key("version-numbers", incarnation)],
+            keys=[self.model_key("model", name), self.key("models"), self.incarnation_key("snapshot", name, incarnation, 0),
+                  self.incarnation_key("snapshots", name, incarnation), self.key("owned", ""), self.incarnation_key("versions", name, incarnation),
+                  self.incarnation_key("version-numbers", name, incarnation)],
             args=[name, flavor, incarnation, time.time(), snapshot, *_access_fields(access),
                   "" if expect is None else expect, max_owned or 0, _json(version) if version is not None else ""],
         )
@@ -303,7 +313,7 @@ class RedisStore(Store):
         return OK
 
     def model_info(self, name):
-        return _model_info(name, self._call(self.redis.hgetall, self.key("model", name)))
+        return _model_info(name, self._call(self.redis.hgetall, self.model_key("model", name)))
 
     def model_names(self):
         return sorted(member.decode() for member in self._call(self.redis.smembers, self.key("models")))
@@ -312,7 +322,7 @@ class RedisStore(Store):
         names = self.model_names()
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
-            pipe.hgetall(self.key("model", name))
+            pipe.hgetall(self.model_key("model", name))
         infos = map(_model_info, names, self._call(pipe.execute) if names else [])
         return [info for info in infos if info is not None]
 
@@ -321,14 +331,14 @@ class RedisStore(Store):
 
     def set_access(self, name, incarnation, access, max_owned=None):
         outcome = self._call(
-            self._set_access, keys=[self.key("model", name), self.key("owned", "")],
+            self._set_access, keys=[self.model_key("model", name), self.key("owned", "")],
             args=[name, incarnation, *_access_fields(access), max_owned or 0],
         )
         return outcome.decode()
 
     def delete_model(self, name, incarnation=None):
         deleted = self._call(
-            self._delete, keys=[self.key("model", name), self.key("models"), self.key("owned", "")],
+            self._delete, keys=[self.model_key("model", name), self.key("models"), self.key("owned", "")],
             args=[name, incarnation or ""],
         )
         if deleted is None and incarnation is not None:
@@ -338,16 +348,16 @@ class RedisStore(Store):
 
     def _drop_model_data(self, name: str, incarnation: str | None) -> None:
         """Remove what hangs on a model: stats and identifiers by name, log and snapshots by incarnation."""
-        keys = [self.key("stats", name), self.key("rates", name), self.key("ids", name)]
+        identifiers = self._call(self.redis.zrange, self.model_key("ids", name), 0, -1)
+        keys = [self.model_key("stats", name), self.model_key("rates", name), self.model_key("ids", name),
+                *(self.model_key("id", name, identifier.decode()) for identifier in identifiers)]
         if incarnation:
-            snapshots = self._call(self.redis.zrange, self.key("snapshots", incarnation), 0, -1)
-            keys += [self.key("log", incarnation), self.key("rejected", incarnation),
-                     self.key("snapshots", incarnation), self.key("versions", incarnation),
-                     self.key("version-numbers", incarnation), self.key("keys", incarnation),
-                     self.key("keyage", incarnation)]
-            keys += [self.key("snapshot", incarnation, seq.decode()) for seq in snapshots]
-        pattern = self.key("id", _glob_escape(name), "*")
-        keys += list(self._call(self.redis.scan_iter, match=pattern, count=1000))
+            snapshots = self._call(self.redis.zrange, self.incarnation_key("snapshots", name, incarnation), 0, -1)
+            keys += [self.incarnation_key("log", name, incarnation), self.incarnation_key("rejected", name, incarnation),
+                     self.incarnation_key("snapshots", name, incarnation), self.incarnation_key("versions", name, incarnation),
+                     self.incarnation_key("version-numbers", name, incarnation), self.incarnation_key("keys", name, incarnation),
+                     self.incarnation_key("keyage", name, incarnation)]
+            keys += [self.incarnation_key("snapshot", name, incarnation, seq.decode()) for seq in snapshots]
         if keys:
             self._call(self.redis.delete, *keys)
 
@@ -355,14 +365,14 @@ class RedisStore(Store):
 
     def append(self, name, incarnation, data):
         seq = self._call(
-            self._append, keys=[self.key("model", name), self.key("log", incarnation)], args=[incarnation, data]
+            self._append, keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation)], args=[incarnation, data]
         )
         return None if seq == -1 else int(seq)
 
     def append_keyed(self, name, incarnation, data, keys, keep_seconds, max_keys):
         result = self._call(
             self._append_keyed,
-            keys=[self.key("model", name), self.key("log", incarnation), *self._key_sets(incarnation)],
+            keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation), *self._key_sets(name, incarnation)],
             args=[incarnation, data, repr(time.time() * 1000), max(int(keep_seconds * 1000), 1), max_keys,
                   *dict.fromkeys(keys)],
         )
@@ -370,21 +380,21 @@ class RedisStore(Store):
             return _pairs(result)
         return None if result == -1 else int(result)
 
-    def known_keys(self, incarnation, keys):
-        found = self._call(self._known_keys, keys=self._key_sets(incarnation),
+    def known_keys(self, name, incarnation, keys):
+        found = self._call(self._known_keys, keys=self._key_sets(name, incarnation),
                            args=[repr(time.time() * 1000), *keys])
         return _pairs(found)
 
-    def _key_sets(self, incarnation: str) -> list[str]:
+    def _key_sets(self, name: str, incarnation: str) -> list[str]:
         """What the idempotency key scripts read: the keys, their expiries, the rejected entries."""
-        return [self.key("keys", incarnation), self.key("keyage", incarnation), self.key("rejected", incarnation)]
+        return [self.incarnation_key("keys", name, incarnation), self.incarnation_key("keyage", name, incarnation), self.incarnation_key("rejected", name, incarnation)]
 
-    def entries(self, incarnation, after, upto):
+    def entries(self, name, incarnation, after, upto):
         if upto <= after:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xrange(self.key("log", incarnation), f"{after + 1}-0", f"{upto}-1")
-        pipe.smembers(self.key("rejected", incarnation))
+        pipe.xrange(self.incarnation_key("log", name, incarnation), f"{after + 1}-0", f"{upto}-1")
+        pipe.smembers(self.incarnation_key("rejected", name, incarnation))
         rows, rejected = self._call(pipe.execute)
         reasons = {}
         for member in rejected:  # "<seq>" (the model raised), "<seq>:<reason>" (another reason)
@@ -396,8 +406,8 @@ class RedisStore(Store):
             result.append(LogEntry(seq, fields[b"d"], reasons.get(seq, 0)))
         return result
 
-    def reject(self, incarnation, seq, reason=1):
-        self._call(self.redis.sadd, self.key("rejected", incarnation), seq if reason == 1 else f"{seq}:{reason}")
+    def reject(self, name, incarnation, seq, reason=1):
+        self._call(self.redis.sadd, self.incarnation_key("rejected", name, incarnation), seq if reason == 1 else f"{seq}:{reason}")
 
     # Snapshots
 
@@ -405,47 +415,47 @@ class RedisStore(Store):
         dropped = ""
         if version is not None:
             records = {r["sequence"]: r for r in map(json.loads, self._call(self.redis.hvals,
-                                                                            self.key("versions", incarnation)))}
+                                                                            self.incarnation_key("versions", name, incarnation)))}
             if records.get(seq, {}).get("kind", versions.SNAPSHOT) == versions.SNAPSHOT:  # as SAVE_SNAPSHOT keeps it
                 records[seq] = version  # one version per sequence: a snapshot saved again is not two
             dropped = " ".join(map(str, sorted(versions.expired_now(records.values()) - {seq})))
         self._call(
             self._save_snapshot,
-            keys=[self.key("model", name), self.key("snapshots", incarnation), self.key("snapshot", incarnation, ""),
-                  self.key("log", incarnation), self.key("versions", incarnation),
-                  self.key("version-numbers", incarnation)],
+            keys=[self.model_key("model", name), self.incarnation_key("snapshots", name, incarnation), self.incarnation_key("snapshot", name, incarnation, ""),
+                  self.incarnation_key("log", name, incarnation), self.incarnation_key("versions", name, incarnation),
+                  self.incarnation_key("version-numbers", name, incarnation)],
             args=[incarnation, seq, data, keep, _json(version) if version is not None else "", dropped],
         )
 
-    def versions(self, incarnation):
+    def versions(self, name, incarnation):
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hgetall(self.key("versions", incarnation))
-        pipe.hgetall(self.key("version-numbers", incarnation))
+        pipe.hgetall(self.incarnation_key("versions", name, incarnation))
+        pipe.hgetall(self.incarnation_key("version-numbers", name, incarnation))
         records, numbers = self._call(pipe.execute)
         found = [{**json.loads(record), "version": int(numbers[seq])} for seq, record in records.items()
                  if seq in numbers]
         return sorted(found, key=lambda record: record["version"])
 
-    def version_snapshot(self, incarnation, version):
-        numbers = self._call(self.redis.hgetall, self.key("version-numbers", incarnation))
+    def version_snapshot(self, name, incarnation, version):
+        numbers = self._call(self.redis.hgetall, self.incarnation_key("version-numbers", name, incarnation))
         seq = next((s.decode() for s, n in numbers.items() if s != b"n" and int(n) == version), None)
         if seq is None:
             return None
-        data = self._call(self.redis.get, self.key("snapshot", incarnation, seq))
+        data = self._call(self.redis.get, self.incarnation_key("snapshot", name, incarnation, seq))
         return (int(seq), data) if data is not None else None
 
-    def latest_snapshot(self, incarnation, at_most=None):
+    def latest_snapshot(self, name, incarnation, at_most=None):
         for _ in range(3):  # a snapshot trimmed between the two reads: look again
-            seq = self.snapshot_seq(incarnation, at_most)
+            seq = self.snapshot_seq(name, incarnation, at_most)
             if seq is None:
                 return None
-            data = self._call(self.redis.get, self.key("snapshot", incarnation, seq))
+            data = self._call(self.redis.get, self.incarnation_key("snapshot", name, incarnation, seq))
             if data is not None:
                 return seq, data
         return None
 
-    def snapshot_seq(self, incarnation, at_most=None):
-        newest = self._call(self.redis.zrevrangebyscore, self.key("snapshots", incarnation),
+    def snapshot_seq(self, name, incarnation, at_most=None):
+        newest = self._call(self.redis.zrevrangebyscore, self.incarnation_key("snapshots", name, incarnation),
                             "+inf" if at_most is None else at_most, "-inf", start=0, num=1)
         return int(newest[0]) if newest else None
 
@@ -454,15 +464,15 @@ class RedisStore(Store):
     def put_identifier(self, name, identifier, record, ttl_seconds, max_pending=None):
         stored = self._call(
             self._put_identifier,
-            keys=[self.key("id", name, identifier), self.key("ids", name), self.key("id", name, "")],
+            keys=[self.model_key("id", name, identifier), self.model_key("ids", name), self.model_key("id", name, "")],
             args=[identifier, record, int(ttl_seconds * 1000), max_pending or 0, repr(time.time() * 1000)],
         )
         return bool(stored)
 
     def pop_identifier(self, name, identifier):
         pipe = self.redis.pipeline()
-        pipe.getdel(self.key("id", name, identifier))
-        pipe.zrem(self.key("ids", name), identifier)
+        pipe.getdel(self.model_key("id", name, identifier))
+        pipe.zrem(self.model_key("ids", name), identifier)
         record, _ = self._call(pipe.execute)
         return record
 
@@ -470,19 +480,25 @@ class RedisStore(Store):
 
     def record_calls(self, name, incarnation, operation, tally):
         counts = [*_flattened(tally.buckets), *_flattened(tally.slots)]
-        self._call(self._record_calls,
-                   keys=[self.key("stats", name), self.key("model", name), self.key("recent"), self.key("rates", name)],
-                   args=[incarnation, operation, tally.calls, tally.total_ns, tally.first_ns, repr(tally.decay),
-                         repr(tally.add), repr(tally.last_at), name, callstats.oldest_slot_kept(time.time()),
-                         2 * callstats.RATE_WINDOW_SECONDS, len(tally.buckets), *counts])
+        recorded = self._call(
+            self._record_calls, keys=[self.model_key("stats", name), self.model_key("model", name),
+                                      self.model_key("rates", name)],
+            args=[incarnation, operation, tally.calls, tally.total_ns, tally.first_ns, repr(tally.decay),
+                  repr(tally.add), repr(tally.last_at), name, callstats.oldest_slot_kept(time.time()),
+                  2 * callstats.RATE_WINDOW_SECONDS, len(tally.buckets), *counts])
+        if recorded:  # the models called most recently (warm-up's list): a key of the whole store, apart
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(self.key("recent"), {name: tally.last_at}, gt=True)
+            pipe.zremrangebyrank(self.key("recent"), 0, -1 - RECENT_KEPT)
+            self._call(pipe.execute)
 
     def recent_models(self, limit):
         return [name.decode() for name in self._call(self.redis.zrevrange, self.key("recent"), 0, limit - 1)]
 
     def call_stats(self, name):
         pipe = self.redis.pipeline(transaction=True)  # one moment: the histogram adds up to the counts
-        pipe.hgetall(self.key("stats", name))
-        pipe.hgetall(self.key("rates", name))
+        pipe.hgetall(self.model_key("stats", name))
+        pipe.hgetall(self.model_key("rates", name))
         stats, rates = self._call(pipe.execute)
         fields = {k.decode(): v for k, v in stats.items()}
         rates = {k.decode(): v for k, v in rates.items()}

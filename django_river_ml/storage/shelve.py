@@ -273,17 +273,17 @@ class ShelveStore(Store):
                 _count_keys(db, incarnation, max_keys - count)
             return known or seq
 
-    def known_keys(self, incarnation, keys):
+    def known_keys(self, name, incarnation, keys):
         return _known_keys(self.db, incarnation, list(keys), time.time())
 
-    def entries(self, incarnation, after, upto):
+    def entries(self, name, incarnation, after, upto):
         rows = self.db.execute(
             "SELECT seq, data, rejected FROM log WHERE incarnation = ? AND seq > ? AND seq <= ? ORDER BY seq",
             (incarnation, after, upto),
         )
         return [LogEntry(seq, data, int(rejected)) for seq, data, rejected in rows]
 
-    def reject(self, incarnation, seq, reason=1):
+    def reject(self, name, incarnation, seq, reason=1):
         with self._write() as db:
             db.execute("UPDATE log SET rejected = ? WHERE incarnation = ? AND seq = ?", (int(reason), incarnation, seq))
             freed = db.execute("DELETE FROM learn_keys WHERE incarnation = ? AND seq = ?", (incarnation, seq)).rowcount
@@ -316,25 +316,25 @@ class ShelveStore(Store):
                        "(SELECT seq FROM versions WHERE incarnation = ?)", (incarnation, oldest, incarnation))
             db.execute("DELETE FROM log WHERE incarnation = ? AND seq <= ?", (incarnation, oldest))
 
-    def versions(self, incarnation):
+    def versions(self, name, incarnation):
         rows = self.db.execute("SELECT version, record FROM versions WHERE incarnation = ? ORDER BY version",
                                (incarnation,))
         return [{**json.loads(record), "version": number} for number, record in rows]
 
-    def version_snapshot(self, incarnation, version):
+    def version_snapshot(self, name, incarnation, version):
         row = self.db.execute(
             "SELECT s.seq, s.data FROM versions v JOIN snapshots s ON s.incarnation = v.incarnation AND s.seq = v.seq "
             "WHERE v.incarnation = ? AND v.version = ?", (incarnation, version)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def latest_snapshot(self, incarnation, at_most=None):
+    def latest_snapshot(self, name, incarnation, at_most=None):
         row = self.db.execute(
             "SELECT seq, data FROM snapshots WHERE incarnation = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
             (incarnation, _MAX_SEQ if at_most is None else at_most),
         ).fetchone()
         return (row[0], row[1]) if row else None
 
-    def snapshot_seq(self, incarnation, at_most=None):
+    def snapshot_seq(self, name, incarnation, at_most=None):
         row = self.db.execute(
             "SELECT MAX(seq) FROM snapshots WHERE incarnation = ? AND seq <= ?",
             (incarnation, _MAX_SEQ if at_most is None else at_most),

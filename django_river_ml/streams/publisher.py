@@ -61,6 +61,9 @@ class Publisher:
         #: Events this process could not send (queue full, or the event log failed).
         self.dropped = 0
         self._changed: dict[str, None] = {}  # models whose metrics event is due, oldest first
+        # Bumped when the store changes (tests' settings): events queued before are for a store no longer used.
+        self._generation = 0
+        self._appending = threading.Lock()  # held while a batch is written, so a change waits for it
         self._thread = threading.Thread(target=self._run, name="river-ml-stream-publisher", daemon=True)
         self._thread.start()
 
@@ -69,7 +72,8 @@ class Publisher:
             self.dropped += 1
             return
         try:
-            self.queue.put_nowait((event, data.get("model"), encode({**data, "time": time.time()}), incarnation or ""))
+            self.queue.put_nowait((event, data.get("model"), encode({**data, "time": time.time()}), incarnation or "",
+                                   self._generation))
         except queue.Full:
             self.dropped += 1
 
@@ -92,7 +96,8 @@ class Publisher:
                     self._append_events(batch)
                 if self._changed and time.monotonic() >= next_metrics:
                     interval = float(river_settings.STREAM_METRICS_INTERVAL_SECONDS)
-                    self._send_metrics(interval)
+                    with self._appending:
+                        self._send_metrics(interval)
                     # Models sent too soon are tried again a few times per interval.
                     next_metrics = time.monotonic() + min(max(interval / 4, 0.05), 1.0)
             except Exception:  # a bug must not silence this process's streams for good
@@ -111,10 +116,22 @@ class Publisher:
                 break
         return batch
 
+    def forget(self) -> None:
+        """Drop what is queued or owed for the store used until now (after a write in progress)."""
+        with self._appending:
+            self._generation += 1
+            self._changed.clear()
+
     def _append_events(self, batch: list[tuple]) -> None:
+        with self._appending:
+            self._append_current(batch)
+
+    def _append_current(self, batch: list[tuple]) -> None:
         try:
             rows, purges = [], []  # purges: (model, index of its upload or delete in rows)
-            for event, model, body, incarnation in batch:
+            for event, model, body, incarnation, generation in batch:
+                if generation != self._generation:
+                    continue
                 rows.append((channel(EVENTS), event, body, incarnation))
                 if model is not None and incarnation:
                     if event in PURGES:
@@ -125,6 +142,8 @@ class Publisher:
                         self._changed[model] = None
                     elif event == "delete":
                         self._changed.pop(model, None)
+            if not rows:
+                return
             for pause in (*RETRY_PAUSES, None):
                 try:
                     appended = get_event_log().append(rows)
@@ -262,9 +281,9 @@ def get_publisher() -> Publisher:
 
 
 def forget_pending() -> None:
-    """Drop the metrics events this process still owes (their models are in a store no longer used)."""
+    """Drop the events this process has queued and the metrics events it owes (for a store no longer used)."""
     if _publisher is not None and _publisher_pid == os.getpid():
-        _publisher._changed.clear()
+        _publisher.forget()
 
 
 def on_river_event(sender, event: str, data: dict, incarnation: str | None = None, **kwargs) -> None:

