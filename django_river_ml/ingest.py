@@ -16,7 +16,7 @@ acknowledges it (``XACK``). The effect is exactly once per entry:
   with its own key, so a retry may cut the batches differently and still learns each entry once.
 - **Bad entries do not block the stream.** An entry that cannot be learned (no such model,
   malformed JSON, a value the model refuses or raises on) is acknowledged and copied to the
-  dead-letter stream (``<stream>:dead`` by default) with the ``error``, in one transaction with
+  dead-letter stream (``<stream>:dead`` by default, see :func:`dead_letter_stream`) with the ``error``, in one transaction with
   its ``XACK``. A model that raises on one example of a batch refuses the batch as a whole (nothing
   is learned): that example goes to the dead letters and the others are learned without it.
 - **Store outages wait.** When the model store is unreachable or busy (503), the batch is tried
@@ -90,6 +90,24 @@ def check_stream_name(stream: str) -> None:
                            "characters (no spaces): it is part of each entry's idempotency key.") from None
 
 
+def dead_letter_stream(redis_client: redis.Redis, stream: str, dead_letter: str | None) -> str:
+    """The dead-letter stream: ``dead_letter``, by default ``<stream>:dead``.
+
+    Its entries are added in one transaction with the acknowledgement, so on a Redis Cluster it must
+    hash to the stream's slot: the default is then ``{<stream>}:dead`` (the stream's name as hash tag,
+    unless the name has one of its own), and another one is refused unless it does.
+    """
+    if not isinstance(redis_client, redis.RedisCluster):
+        return f"{stream}:dead" if dead_letter is None else dead_letter
+    if dead_letter is None:
+        dead_letter = f"{stream}:dead" if "{" in stream else f"{{{stream}}}:dead"
+    if dead_letter and redis_client.keyslot(dead_letter) != redis_client.keyslot(stream):
+        raise InvalidInput(f"On a Redis Cluster the dead-letter stream must be in the slot of {stream!r}: give both "
+                           f"one hash tag ({{learn}} and {{learn}}:dead), or leave out --dead-letter; {dead_letter!r} "
+                           "is in another.")
+    return dead_letter
+
+
 def example_of(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> tuple[str, dict]:
     """(model name, example for ``learn_many``) of a stream entry; BadEntry says what is wrong with it."""
     text = {}
@@ -147,9 +165,10 @@ class Ingester:
         check_stream_name(stream)
         self.redis, self.stream, self.group, self.consumer = redis_client, stream, group, consumer
         self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
-        self.dead_letter = f"{stream}:dead" if dead_letter is None else dead_letter
+        self.dead_letter = dead_letter_stream(redis_client, stream, dead_letter)
         self.client = client or DjangoClient()
-        self.client.store.known_keys("", "", [])  # NotSupported now, not for every entry, if the store records no keys
+        # NotSupported now, not for every entry, if the store records no keys ("-" is no model's name).
+        self.client.store.known_keys("-", "-", [])
         self.report, self.report_seconds = report, report_seconds
         self.counts = Counts()
         self.stop = threading.Event()

@@ -47,6 +47,12 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_PASSWORD": None,
     # Every Redis key starts with this, so several sites can share one server.
     "REDIS_KEY_PREFIX": "river-ml",
+    # The Redis is a Redis Cluster; REDIS_URL (or host and port) names any of its nodes (docs/deploying.md).
+    "REDIS_CLUSTER": False,
+    # Replicas that must have a write (a learn, an upload, a version) before it is acknowledged (Redis WAIT).
+    # None: 1 on a cluster, 0 on one Redis. Over REDIS_WAIT_SECONDS without them, the call answers 503.
+    "REDIS_WAIT_REPLICAS": None,
+    "REDIS_WAIT_SECONDS": 1.0,
     # Make a uuid4 identifier for every prediction (a client may send its own).
     "GENERATE_IDENTIFIERS": True,
     # Unlabelled identifiers are forgotten after this many seconds.
@@ -176,7 +182,7 @@ COUNT_SETTINGS = ("IDENTIFIER_TTL_SECONDS", "SNAPSHOT_EVERY", "SNAPSHOTS_KEPT", 
                   "CALL_MEMORY_LIMIT_BYTES", "STREAM_RETENTION", "STREAM_RETENTION_SECONDS", "MAX_BATCH_ROWS", "MAX_BATCH_BYTES", "STREAM_MAX_MODELS",
                   "STREAM_QUEUE_SIZE", "MAX_IDEMPOTENCY_KEYS")
 # Seconds, above 0 (or at least 0 where 0 turns the limit off).
-SECONDS_SETTINGS = {"STATS_FLUSH_SECONDS": "at least", "REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
+SECONDS_SETTINGS = {"STATS_FLUSH_SECONDS": "at least", "REDIS_WAIT_SECONDS": "above", "REDIS_SOCKET_CONNECT_TIMEOUT": "above", "REDIS_SOCKET_TIMEOUT": "above",
                     "TRIAL_SECONDS": "above", "CALL_TIME_LIMIT_SECONDS": "at least", "IDEMPOTENCY_SECONDS": "above",
                     "STREAM_METRICS_INTERVAL_SECONDS": "at least", "STREAM_POLL_SECONDS": "above"}
 
@@ -193,8 +199,14 @@ LIST_SETTINGS = ("AUTHENTICATED_VIEWS",)
 NULLABLE_SETTINGS = ("AUTH_FAILURE_RATE_LIMIT", "PROMETHEUS_PATH", "DRIFT_DETECTOR")
 # Settings that are a number or None (off), None by default.
 OPTIONAL_NUMBER_SETTINGS = ("ROLLBACK_MARGIN",)
+# Settings that are a whole number or None (the default, worked out from other settings).
+OPTIONAL_COUNT_SETTINGS = ("REDIS_WAIT_REPLICAS",)
 #: The shortest PROMETHEUS_TOKEN accepted.
 MIN_PROMETHEUS_TOKEN_LENGTH = 16
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class SettingError(ValueError):
@@ -213,6 +225,13 @@ def _parse_env(name: str, raw: str) -> Any:
     if name == "VIEW_RATE_LIMIT" and "=" in text:  # "learn=10/second,predict=100/second"
         return dict(part.strip().split("=", 1) for part in text.split(",") if part.strip())
     if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingError(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
+    if name in OPTIONAL_COUNT_SETTINGS:
+        if text.lower() in ("", "none", "null"):
+            return None
         try:
             return int(text)
         except ValueError:
@@ -274,6 +293,13 @@ class RiverSettings:
         return Path(self.SHELVE_PATH) if self.SHELVE_PATH else self.data_dir / "river-ml.sqlite3"
 
     @property
+    def redis_wait_replicas(self) -> int:
+        """REDIS_WAIT_REPLICAS, or its default: 1 on a Redis Cluster, 0 on one Redis."""
+        if self.REDIS_WAIT_REPLICAS is None:
+            return 1 if self.REDIS_CLUSTER else 0
+        return self.REDIS_WAIT_REPLICAS
+
+    @property
     def prometheus_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """PROMETHEUS_ALLOWED_ADDRESSES as networks (an address is a network of one); SettingError if one is not."""
         entries = self.PROMETHEUS_ALLOWED_ADDRESSES
@@ -313,6 +339,17 @@ class RiverSettings:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
                     or value < 0 or (bound == "above" and value == 0):
                 found.append(f"{name} must be a number of seconds {bound} 0, not {value!r}")
+        replicas = self.REDIS_WAIT_REPLICAS
+        if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0):
+            found.append(f"REDIS_WAIT_REPLICAS must be None or a whole number of at least 0, not {replicas!r}")
+        elif self.redis_wait_replicas and _number(self.REDIS_WAIT_SECONDS) and _number(self.REDIS_SOCKET_TIMEOUT) \
+                and self.REDIS_WAIT_SECONDS >= self.REDIS_SOCKET_TIMEOUT:
+            found.append(f"REDIS_WAIT_SECONDS ({self.REDIS_WAIT_SECONDS}) must be below REDIS_SOCKET_TIMEOUT "
+                         f"({self.REDIS_SOCKET_TIMEOUT}): the wait for replicas is part of one call to Redis")
+        prefix = self.REDIS_KEY_PREFIX
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            found.append(f"REDIS_KEY_PREFIX must be a string without braces (they make Redis Cluster hash tags), "
+                         f"not {prefix!r}")
         alpha = self.STATS_EWM_ALPHA
         if not isinstance(alpha, (int, float)) or not 0 < float(alpha) <= 1:
             found.append(f"STATS_EWM_ALPHA must be a number in (0, 1], not {alpha!r}")

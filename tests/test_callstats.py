@@ -161,7 +161,7 @@ def test_every_workers_counts_reach_the_store_within_the_flush_interval(live_ser
 
     import requests
 
-    from conftest import wait_until
+    from liveserver import wait_until
 
     server = live_server_factory("redis", workers=4, STATS_FLUSH_SECONDS="1.0")
     assert requests.post(f"{server.url}/api/model/regression/tally/", data=pickle.dumps(regression()),

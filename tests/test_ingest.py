@@ -261,7 +261,7 @@ class Ingesters:
         river = settings.DJANGO_RIVER_ML
         self.env = site_environment(workdir, data_dir=river["DATA_DIR"])
         self.env.update({f"DJANGO_RIVER_ML_{key}": str(river[key]) for key in
-                         ("STORAGE_BACKEND", "REDIS_URL", "REDIS_KEY_PREFIX") if key in river})
+                         ("STORAGE_BACKEND", "REDIS_URL", "REDIS_KEY_PREFIX", "REDIS_CLUSTER") if key in river})
         self.workdir, self.processes = workdir, []
 
     def start(self, args: list[str]) -> subprocess.Popen:

@@ -24,7 +24,8 @@ from django_river_ml.exceptions import StorageUnavailable
 from django_river_ml.settings import RiverSettings, SettingError, _parse_env
 from django_river_ml.storage import get_store
 from django_river_ml.storage.redis import RedisStore
-from conftest import free_port, redis_server_binary, wait_until
+from liveserver import free_port, wait_until
+from redisservers import redis_binary
 from example_project.custom_models import Fragile
 from flavored_models import examples, make_model
 
@@ -55,7 +56,7 @@ class OwnRedis:
 def own_redis(tmp_path):
     port = free_port()
     process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )

@@ -31,7 +31,8 @@ import redis
 import requests
 from river import linear_model, preprocessing
 
-from conftest import free_port, redis_server_binary, wait_until
+from liveserver import free_port, wait_until
+from redisservers import redis_binary
 from riverapi.streams import SSEParser, iter_body
 
 pytestmark = pytest.mark.live
@@ -572,7 +573,7 @@ def test_streams_show_each_user_only_what_they_may_read(live_server_factory, bac
 
 def start_redis(port: int, directory: Path) -> subprocess.Popen:
     process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
          "--appendfsync", "always", "--dir", str(directory)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )

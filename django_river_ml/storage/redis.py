@@ -241,9 +241,12 @@ class RedisStore(Store):
 
     backend_name = "redis"
 
-    def __init__(self, client: redis.Redis, prefix: str = "river-ml"):
+    def __init__(self, client: redis.Redis, prefix: str = "river-ml", wait_replicas: int = 0,
+                 wait_seconds: float = 1.0):
         self.redis = client
         self.prefix = prefix
+        #: Replicas a write must reach before it is acknowledged (:meth:`_durable`), and how long to wait for them.
+        self.wait_replicas, self.wait_seconds = wait_replicas, wait_seconds
         self._create = client.register_script(CREATE)
         self._delete = client.register_script(DELETE)
         self._set_access = client.register_script(SET_ACCESS)
@@ -256,7 +259,13 @@ class RedisStore(Store):
 
     @classmethod
     def from_settings(cls, settings) -> RedisStore:
-        return cls(connect(settings), settings.REDIS_KEY_PREFIX)
+        """The store of the settings' Redis: with ``REDIS_CLUSTER``, :class:`RedisClusterStore`."""
+        if settings.REDIS_CLUSTER and cls is RedisStore:
+            from django_river_ml.storage.redis_cluster import RedisClusterStore
+
+            cls = RedisClusterStore
+        return cls(connect(settings), settings.REDIS_KEY_PREFIX, settings.redis_wait_replicas,
+                   float(settings.REDIS_WAIT_SECONDS))
 
     def key(self, *parts: object) -> str:
         """A key of the whole store (the models index, the recent models, the error counts)."""
@@ -289,8 +298,47 @@ class RedisStore(Store):
             logger.warning("Cannot reach Redis: %s", error)
             raise StorageUnavailable("The model store (Redis) cannot be reached.") from None
         except redis.exceptions.RedisError as error:
-            logger.error("Redis refused a call: %r", error)
+            if not isinstance(self.redis, redis.RedisCluster) and isinstance(
+                    error, (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError)):
+                logger.error("Redis refused a call: %r. The Redis at REDIS_URL is a node of a Redis Cluster: "
+                             "set REDIS_CLUSTER = True.", error)
+            else:
+                logger.error("Redis refused a call: %r", error)
             raise StorageUnavailable(f"The model store (Redis) refused the call ({type(error).__name__}).") from None
+
+    def _durable(self, script, keys: list[str], args: list):
+        """Run a write ``script``; acknowledged once ``wait_replicas`` replicas have it, else StorageUnavailable.
+
+        Redis replicates asynchronously: a master that dies takes with it what its replicas did not
+        get yet. WAIT, sent on the connection that wrote (it waits for that connection's writes),
+        holds the answer until they did. A write that times out waiting stays on the master: the
+        caller hears 503, as for any failure after the write may have landed.
+        """
+        if not self.wait_replicas:
+            return self._call(script, keys=keys, args=args)
+
+        def write_and_wait():
+            pipe = self._node_client(keys[0]).pipeline(transaction=False)
+            script(keys=keys, args=args, client=pipe)
+            pipe.wait(self.wait_replicas, max(int(self.wait_seconds * 1000), 1))
+            return pipe.execute()
+
+        result, replicas = self._call(self._on_key_node, write_and_wait)
+        if replicas < self.wait_replicas:
+            logger.warning("Redis replicas confirmed a write %d of %d times within %.1fs", replicas,
+                           self.wait_replicas, self.wait_seconds)
+            raise StorageUnavailable(
+                f"The model store (Redis) took the write, but only {replicas} of the {self.wait_replicas} "
+                f"replicas it waits for had it within {self.wait_seconds:g} s: it is not acknowledged, and may "
+                "be lost if the master fails now. Try again (with the same Idempotency-Key, to learn once).")
+        return result
+
+    def _node_client(self, key: str) -> redis.Redis:
+        """A client of the node serving ``key`` (one Redis: the only one)."""
+        return self.redis
+
+    def _on_key_node(self, function):
+        return function()
 
     def close(self):
         self.redis.close()
@@ -299,7 +347,7 @@ class RedisStore(Store):
 
     def create_model(self, name, flavor, incarnation, snapshot, access=Access(), expect=ANY, max_owned=None,
                      version=None):
-        outcome, old = self._call(
+        outcome, old = self._durable(
             self._create,
             keys=[self.model_key("model", name), self.key("models"), self.incarnation_key("snapshot", name, incarnation, 0),
                   self.incarnation_key("snapshots", name, incarnation), self.key("owned", ""), self.incarnation_key("versions", name, incarnation),
@@ -330,14 +378,14 @@ class RedisStore(Store):
         return self._call(self.redis.scard, self.key("owned", owner))
 
     def set_access(self, name, incarnation, access, max_owned=None):
-        outcome = self._call(
+        outcome = self._durable(
             self._set_access, keys=[self.model_key("model", name), self.key("owned", "")],
             args=[name, incarnation, *_access_fields(access), max_owned or 0],
         )
         return outcome.decode()
 
     def delete_model(self, name, incarnation=None):
-        deleted = self._call(
+        deleted = self._durable(
             self._delete, keys=[self.model_key("model", name), self.key("models"), self.key("owned", "")],
             args=[name, incarnation or ""],
         )
@@ -364,13 +412,13 @@ class RedisStore(Store):
     # Log
 
     def append(self, name, incarnation, data):
-        seq = self._call(
+        seq = self._durable(
             self._append, keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation)], args=[incarnation, data]
         )
         return None if seq == -1 else int(seq)
 
     def append_keyed(self, name, incarnation, data, keys, keep_seconds, max_keys):
-        result = self._call(
+        result = self._durable(
             self._append_keyed,
             keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation), *self._key_sets(name, incarnation)],
             args=[incarnation, data, repr(time.time() * 1000), max(int(keep_seconds * 1000), 1), max_keys,
@@ -419,7 +467,7 @@ class RedisStore(Store):
             if records.get(seq, {}).get("kind", versions.SNAPSHOT) == versions.SNAPSHOT:  # as SAVE_SNAPSHOT keeps it
                 records[seq] = version  # one version per sequence: a snapshot saved again is not two
             dropped = " ".join(map(str, sorted(versions.expired_now(records.values()) - {seq})))
-        self._call(
+        self._durable(
             self._save_snapshot,
             keys=[self.model_key("model", name), self.incarnation_key("snapshots", name, incarnation), self.incarnation_key("snapshot", name, incarnation, ""),
                   self.incarnation_key("log", name, incarnation), self.incarnation_key("versions", name, incarnation),
@@ -552,14 +600,16 @@ def _counts(fields: dict[str, bytes], prefix: str) -> dict[int, int]:
     return counts
 
 
-def connect(settings, url: str | None = None, wait_seconds: float = 0.0) -> redis.Redis:
-    """A client for the settings' Redis (or ``url``) that gives up on a stalled Redis within the timeouts and
-    never retries by itself (``wait_seconds``: longer answers awaited, a blocking read's).
+def connect(settings, url: str | None = None, wait_seconds: float = 0.0, cluster: bool | None = None) -> redis.Redis:
+    """A client for the settings' Redis (or ``url``; a cluster's if ``cluster``, by default ``REDIS_CLUSTER``)
+    that gives up on a stalled Redis within the timeouts and never retries by itself (``wait_seconds``: longer
+    answers awaited, a blocking read's).
 
     Without timeouts every request hangs as long as Redis stalls. redis-py's own
     retries (ten by default) would multiply the wait and resend a write, an
     append, that may have landed already: a failure goes to the caller instead
-    (a 503), who retries knowing it.
+    (a 503), who retries knowing it. A cluster client still follows MOVED and ASK
+    redirections (the command did not run) and learns the new layout after a failure.
     """
     options = {
         "socket_timeout": float(settings.REDIS_SOCKET_TIMEOUT) + wait_seconds,
@@ -567,6 +617,11 @@ def connect(settings, url: str | None = None, wait_seconds: float = 0.0) -> redi
         "retry": Retry(NoBackoff(), 0),
     }
     url = url or settings.REDIS_URL
+    if settings.REDIS_CLUSTER if cluster is None else cluster:  # any node; the client learns the others
+        if url:
+            return redis.RedisCluster.from_url(url, **options)
+        return redis.RedisCluster(host=settings.REDIS_HOST, port=int(settings.REDIS_PORT),
+                                  password=settings.REDIS_PASSWORD or None, **options)
     if url:
         return redis.Redis.from_url(url, **options)
     return redis.Redis(host=settings.REDIS_HOST, port=int(settings.REDIS_PORT), db=int(settings.REDIS_DB),

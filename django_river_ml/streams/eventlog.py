@@ -425,18 +425,31 @@ class RedisEventLog(EventLog):
         self.prefix = prefix
         #: The pub/sub channel every append is published on.
         self.pubsub_channel = f"{prefix}:events"
+        self.cluster = isinstance(client, redis.RedisCluster)
         self._append = client.register_script(APPEND)
         self._read = client.register_script(READ)
         self._purge = client.register_script(PURGE)
         self._claim = client.register_script(CLAIM)
 
+    def _key(self, kind: str, channel: str) -> str:
+        """A key of the channel's; on a cluster they share a hash tag (one slot: a script may use them all)."""
+        return f"{self.prefix}:{kind}:{{{channel}}}" if self.cluster else f"{self.prefix}:{kind}:{channel}"
+
     def _keys(self, channel: str) -> list[str]:
         """The channel's id counter and its stream."""
-        return [f"{self.prefix}:event-id:{channel}", f"{self.prefix}:events:{channel}"]
+        return [self._key("event-id", channel), self._key("events", channel)]
 
     def _all_keys(self, channel: str) -> list[str]:
         """Its counter, stream, and floor (set by the first purge)."""
-        return [*self._keys(channel), f"{self.prefix}:event-floor:{channel}"]
+        return [*self._keys(channel), self._key("event-floor", channel)]
+
+    def _queue_script(self, script, keys: list[str], args: list, pipeline) -> None:
+        """Queue ``script`` on ``pipeline``. A cluster's pipeline cannot load a script a node lacks (a
+        replica promoted since): there it goes whole (EVAL; Redis caches it), else by its digest."""
+        if self.cluster:
+            pipeline.execute_command("EVAL", script.script, len(keys), *keys, *args)  # its eval() is another thing
+        else:
+            script(keys=keys, args=args, client=pipeline)
 
     def _call(self, function, *args, **kwargs):
         try:
@@ -450,9 +463,9 @@ class RedisEventLog(EventLog):
         def append():
             pipeline = self.redis.pipeline(transaction=False)
             for channel, event_type, data, incarnation in rows:
-                self._append(keys=self._all_keys(channel),
-                             args=[channel, event_type, data, self.retention, self.pubsub_channel,
-                                   int(self.max_age * 1000), incarnation], client=pipeline)
+                self._queue_script(self._append, self._all_keys(channel),
+                                   [channel, event_type, data, self.retention, self.pubsub_channel,
+                                    int(self.max_age * 1000), incarnation], pipeline)
             return pipeline.execute()
 
         ids = self._call(append)
@@ -485,14 +498,23 @@ class RedisEventLog(EventLog):
         return int(value) if value else 0
 
     def claim(self, key, sequence, interval):
-        return int(self._call(self._claim, keys=[f"{self.prefix}:event-claim:{key}"],
+        return int(self._call(self._claim, keys=[self._key("event-claim", key)],
                               args=[sequence, int(interval * 1000)]))
 
     def subscriber(self) -> redis.client.PubSub:
-        """A pub/sub connection of its own (it blocks), subscribed to every append."""
-        pool = self.redis.connection_pool
+        """A pub/sub connection of its own (it blocks), subscribed to every append.
+
+        On a cluster, to a node that serves now (a message published on any node reaches every node).
+        """
+        if self.cluster:
+            self.redis.nodes_manager.initialize()  # after a failover, not the node that died
+            node = self.redis.get_node_from_key(self.pubsub_channel)
+            pool = node.redis_connection.connection_pool
+        else:
+            pool = self.redis.connection_pool
         kwargs = {**pool.connection_kwargs, "socket_timeout": None, "socket_keepalive": True,
                   "health_check_interval": 10}
+        kwargs.pop("redis_connect_func", None)  # the cluster client's own hook (READONLY on replicas...)
         client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(self.pubsub_channel)

@@ -19,6 +19,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--redis-url", help="The stream's Redis (default: the REDIS_URL setting, else REDIS_HOST, "
                                                 "REDIS_PORT, REDIS_DB and REDIS_PASSWORD), whatever the model store.")
+        parser.add_argument("--redis-cluster", action="store_true",
+                            help="The stream's Redis is a Redis Cluster (without --redis-url: as REDIS_CLUSTER says).")
         parser.add_argument("--stream", default="river-ml:learn", help="The stream (default: %(default)s).")
         parser.add_argument("--group", default="river-ml", help="The consumer group, made at the start of the stream "
                                                                 "if missing (default: %(default)s).")
@@ -38,7 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--report", type=float, default=10.0, help="Seconds between progress lines (default: "
                                                                        "%(default)s; 0: only at the end).")
 
-    def handle(self, *args, redis_url, stream, group, consumer, batch, block, claim_idle, dead_letter, report,
+    def handle(self, *args, redis_url, redis_cluster, stream, group, consumer, batch, block, claim_idle, dead_letter, report,
                **options):
         from django_river_ml.ingest import Ingester
         from django_river_ml.storage.redis import connect
@@ -48,7 +50,9 @@ class Command(BaseCommand):
         if block < 1 or claim_idle < 1:
             raise CommandError("--block and --claim-idle are milliseconds, at least 1.")
         try:
-            ingester = Ingester(connect(river_settings, url=redis_url, wait_seconds=block / 1000), stream, group,
+            cluster = redis_cluster or (not redis_url and river_settings.REDIS_CLUSTER)
+            ingester = Ingester(connect(river_settings, url=redis_url, wait_seconds=block / 1000, cluster=cluster),
+                                stream, group,
                                 consumer, batch=batch, block_ms=block, claim_idle_ms=claim_idle,
                                 dead_letter=dead_letter, report=self.report, report_seconds=report)
         except RiverMLError as error:  # a stream name that cannot make keys, a store that records none
