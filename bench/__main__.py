@@ -20,6 +20,7 @@ bench.MODULE``) runs some of them and writes ``bench-results/NAME.json`` and ``.
   the first 100, and the workers' memory.
 - upload: upload latency through the sandbox against unpickling in-process.
 - rest_throughput: the site under ASGI (``make serve``) against WSGI (gunicorn's sync workers).
+- cluster: learn / predict requests per second, two hosts on a Redis Cluster against two on one Redis.
 
 Environment (full run / ``BENCH_QUICK=1``): BENCH_QUICK (a run of a minute or two), BENCH_WORKERS
 (``make serve``'s workers: ``make bench`` passes its WORKERS), BENCH_CLIENTS (4), BENCH_SECONDS per
@@ -40,7 +41,7 @@ import traceback
 
 from bench.common import Config, Context, Row, row_notes, text_table, write_results
 
-BENCHMARKS = ("floors", "single", "batch", "stream", "many", "upload", "rest_throughput")
+BENCHMARKS = ("floors", "single", "batch", "stream", "many", "upload", "rest_throughput", "cluster")
 # Modules whose names differ from the benchmark's.
 MODULES = {"upload": "upload_latency", "stream": "stream_fanout"}
 

@@ -302,10 +302,14 @@ class Context:
       (``make serve``'s workers, the embedded store, authentication on; ``server.headers`` carry the token);
     - ``hello``: a hello-world ASGI app under the same gunicorn and uvicorn workers (bench/hello.py);
     - ``wsgi``: the same site as ``site`` under gunicorn's sync workers (WSGI);
-    - ``many``: the example site with ``BENCH_MANY_WORKERS`` workers and a model quota that fits ``BENCH_MODELS``.
+    - ``many``: the example site with ``BENCH_MANY_WORKERS`` workers and a model quota that fits ``BENCH_MODELS``;
+    - ``redis-a``, ``redis-b``: two hosts of the site (as ``site``) sharing one redis-server;
+    - ``cluster-a``, ``cluster-b``: two hosts of the site sharing a Redis Cluster (3 masters, a replica each).
+
+    The Redis servers are started with the first server that needs them (example_project/redisservers.py).
     """
 
-    SERVERS = ("site", "hello", "wsgi", "many")
+    SERVERS = ("site", "hello", "wsgi", "many", "redis-a", "redis-b", "cluster-a", "cluster-b")
 
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
@@ -314,6 +318,16 @@ class Context:
         self.cache: dict = {}
         self.notes: list[str] = []  # printed under the table and written with the results
         self._database: tuple[Path, str] | None = None
+        self._redis: dict[str, object] = {}  # "one": a RedisServer, "cluster": a RedisCluster
+
+    def redis_url(self, kind: str) -> str:
+        """The URL of the run's one redis-server (``kind`` "one") or Redis Cluster ("cluster"), started now if not."""
+        from redisservers import RedisCluster, RedisServer
+
+        if kind not in self._redis:
+            made = RedisServer(self.scratch / "redis") if kind == "one" else RedisCluster(self.scratch / "cluster")
+            self._redis[kind] = made.wait_ready() if kind == "one" else made.start()
+        return self._redis[kind].url
 
     def database(self) -> tuple[Path, str]:
         """The prepared database and its user's token."""
@@ -343,6 +357,11 @@ class Context:
             options.update(workers=config.many_workers,
                            river={"STORAGE_BACKEND": "shelve", "MAX_MODELS_PER_USER": config.models + 100,
                                   "REPLICA_MEMORY_BYTES": config.many_replica_bytes})
+        elif key in ("redis-a", "redis-b", "cluster-a", "cluster-b"):
+            kind = "one" if key.startswith("redis") else "cluster"
+            options.update(settings="bench.site", river={"STORAGE_BACKEND": "redis", "REDIS_URL": self.redis_url(kind),
+                                                         "REDIS_CLUSTER": str(kind == "cluster").lower(),
+                                                         "REDIS_KEY_PREFIX": "bench"})
         else:
             raise KeyError(key)
         server = LiveServer(workdir=self.scratch / key, **options)
@@ -378,6 +397,8 @@ class Context:
     def close(self) -> None:
         for server in self.servers.values():
             server.stop()
+        for redis_server in self._redis.values():
+            redis_server.stop()
         import shutil
 
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -431,16 +452,20 @@ class Clients:
         self.count = count
         self.pool = multiprocessing.get_context("fork").Pool(count, initializer=_client_init)
 
-    def rate(self, url: str, headers: dict, bodies: list[bytes], seconds: float, rows: int = 1,
-             server: LiveServer | None = None) -> dict:
-        """Every client POSTs ``bodies`` for ``seconds``: requests/s, rows/s, failures, and the server's
-        CPU seconds meanwhile (when ``server`` is given)."""
+    def rate(self, url: str | list[str], headers: dict, bodies: list[bytes], seconds: float, rows: int = 1,
+             server: LiveServer | list[LiveServer] | None = None) -> dict:
+        """Every client POSTs ``bodies`` for ``seconds`` (to ``url``, or to each of several in turn: client
+        ``c`` to ``url[c % len(url)]``): requests/s, rows/s, failures, and the server's (servers') CPU seconds
+        meanwhile (when ``server`` is given)."""
+        urls = [url] if isinstance(url, str) else url
+        servers = [] if server is None else [server] if isinstance(server, LiveServer) else server
         start = time.monotonic() + 0.1
-        tasks = [(url, headers, bodies, rows, c * 7919, start, start + seconds) for c in range(self.count)]
-        cpu = server.cpu_seconds() if server else 0.0
+        tasks = [(urls[c % len(urls)], headers, bodies, rows, c * 7919, start, start + seconds)
+                 for c in range(self.count)]
+        cpu = sum(server.cpu_seconds() for server in servers)
         answers = self.pool.map(_post_until, tasks, chunksize=1)
         elapsed = max(answer[3] for answer in answers) - start
-        cpu = (server.cpu_seconds() - cpu) if server else 0.0
+        cpu = sum(server.cpu_seconds() for server in servers) - cpu
         requests_done = sum(answer[0] for answer in answers)
         return {"requests_per_s": requests_done / elapsed, "rows_per_s": sum(a[1] for a in answers) / elapsed,
                 "requests": requests_done, "rows": sum(a[1] for a in answers), "seconds": elapsed,

@@ -396,7 +396,8 @@ class ServiceInfoSerializer(serializers.Serializer):
     description = serializers.CharField()
     documentationUrl = serializers.CharField()  # noqa: N815 - the published protocol's spelling
     prefix = serializers.CharField(help_text="URL_PREFIX: the routes live under /<prefix>/.", allow_blank=True)
-    storage = serializers.CharField(help_text="The store: `shelve`, `redis`, or the name a custom store gives itself.")
+    storage = serializers.CharField(help_text="The store: `shelve`, `redis`, `redis-cluster`, or the name a custom store "
+                                              "gives itself.")
     river_version = serializers.CharField()
     version = serializers.CharField(help_text="The django-river-ml version.")
 

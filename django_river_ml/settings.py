@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_PASSWORD": None,
     # Every Redis key starts with this, so several sites can share one server.
     "REDIS_KEY_PREFIX": "river-ml",
-    # The Redis is a Redis Cluster; REDIS_URL (or host and port) names any of its nodes (docs/deploying.md).
+    # The Redis is a Redis Cluster; REDIS_URL (or host and port) names any of its nodes (docs/redis-cluster.md).
     "REDIS_CLUSTER": False,
     # Replicas that must have a write (a learn, an upload, a version) before it is acknowledged (Redis WAIT).
     # None: 1 on a cluster, 0 on one Redis. Over REDIS_WAIT_SECONDS without them, the call answers 503.

@@ -35,6 +35,8 @@ EXPECTED = [
     "sandbox start (once per server process)",
     "learn under ASGI", "server CPU per learn request under ASGI", "predict under ASGI",
     "server CPU per predict request under ASGI", "DRF floor under ASGI", "server CPU per DRF floor request under ASGI",
+    "learn, two hosts on a Redis Cluster (3+3, WAIT 1)", "hosts' CPU per learn, Redis Cluster",
+    "predict, two hosts on a Redis Cluster (3+3, WAIT 1)", "hosts' CPU per predict, Redis Cluster",
 ]
 
 

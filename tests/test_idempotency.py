@@ -351,7 +351,7 @@ SPEC = [{"class": "preprocessing.StandardScaler"}, {"class": "linear_model.Linea
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("backend", ["shelve", "redis"])
+@pytest.mark.parametrize("backend", ["shelve", "redis", "redis-cluster"])
 def test_retries_racing_through_four_workers_learn_once(live_server_factory, backend):
     server = live_server_factory(backend, workers=4)
     assert requests.post(f"{server.url}/api/model/regression/raced/", json=SPEC, timeout=30).status_code == 201

@@ -1,4 +1,4 @@
-"""Real HTTP against example_project under gunicorn with 4 worker processes, on both backends."""
+"""Real HTTP against example_project under gunicorn with 4 worker processes, on each backend."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ LEARNS_EACH = 40
 PREDICTORS = 2
 
 
-@pytest.mark.parametrize("backend", ["shelve", "redis"])
+@pytest.mark.parametrize("backend", ["shelve", "redis", "redis-cluster"])
 def test_every_acknowledged_learn_lands_with_many_workers(live_server_factory, backend):
     # Small snapshot interval: snapshots and log trimming happen while workers race.
     server = live_server_factory(backend, workers=4, SNAPSHOT_EVERY=25, SNAPSHOTS_KEPT=2)

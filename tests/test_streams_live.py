@@ -236,7 +236,7 @@ def assert_each_once_in_id_order(subscriber: Subscriber, channel: str) -> list:
 # -- a. b. d.: fan-out to every worker's subscribers, per-model channels, metrics ---------------
 
 
-@pytest.mark.parametrize("backend", ["shelve", "redis"])
+@pytest.mark.parametrize("backend", ["shelve", "redis", "redis-cluster"])
 def test_every_subscriber_on_every_worker_gets_every_event(live_server_factory, backend):
     server = live_server_factory(backend, workers=4)
     upload(server, "alpha")
