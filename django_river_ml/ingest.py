@@ -16,8 +16,8 @@ acknowledges it (``XACK``). The effect is exactly once per entry:
   with its own key, so a retry may cut the batches differently and still learns each entry once.
 - **Bad entries do not block the stream.** An entry that cannot be learned (no such model,
   malformed JSON, a value the model refuses or raises on) is acknowledged and copied to the
-  dead-letter stream (``<stream>:dead`` by default, see :func:`dead_letter_stream`) with the ``error``, in one transaction with
-  its ``XACK``. A model that raises on one example of a batch refuses the batch as a whole (nothing
+  dead-letter stream (``<stream>:dead`` by default: :func:`dead_letter_stream`) with the ``error``, in
+  one transaction with its ``XACK``. A model that raises on one example of a batch refuses the batch as a whole (nothing
   is learned): that example goes to the dead letters and the others are learned without it.
 - **Store outages wait.** When the model store is unreachable or busy (503), the batch is tried
   again with a growing pause; nothing is acknowledged until it is learned.

@@ -127,13 +127,14 @@ LEARNERS = 8
 
 @pytest.mark.live
 def test_a_master_killed_while_eight_clients_learn_loses_no_acknowledged_learn(live_server_factory, own_cluster):
-    """SIGKILL the master of the model's keys mid-stream while its replica lags behind; the replica takes over, and
-    the killed node comes back as its replica. Every learn is retried with its idempotency key until acknowledged, so each must be in the model
-    exactly once, in every worker."""
+    """SIGKILL the master of the model's keys mid-stream while its replica lags behind; the replica takes over,
+    and the killed node comes back as its replica. Every learn is retried with its idempotency key until
+    acknowledged, so each must be in the model exactly once, in every worker."""
     server = live_server_factory("redis-cluster", workers=4, REDIS_URL=own_cluster.url, REDIS_KEY_PREFIX="failover",
                                  SNAPSHOT_EVERY="50", REDIS_WAIT_SECONDS="2")
     model = preprocessing.StandardScaler() | linear_model.LinearRegression()
-    assert requests.post(f"{server.url}/api/model/regression/busy/", data=dill.dumps(model), timeout=30).status_code == 201
+    uploaded = requests.post(f"{server.url}/api/model/regression/busy/", data=dill.dumps(model), timeout=30)
+    assert uploaded.status_code == 201, uploaded.text
     master = model_master(own_cluster, "failover", "busy")
 
     acknowledged: dict[str, int] = {}  # tag -> sequence

@@ -6,9 +6,9 @@ the entry in one step, so appends from any number of workers are ordered and
 never lost. Keys (prefix ``REDIS_KEY_PREFIX``)::
 
     <p>:models                     set of model names
-    <p>:model:<name>               hash: flavor, incarnation, head, created, owner, users, groups
+    <p>:model:<name>               hash: flavor, incarnation, head, tip, created, owner, users, groups
     <p>:owned:<owner>              set of the names of the models a user owns (for quotas)
-    <p>:log:<incarnation>          stream of entries
+    <p>:log:<incarnation>          stream of entries: d (the entry), t (its token), l (the token before: LogEntry.link)
     <p>:rejected:<incarnation>     set of rejected sequence numbers ("<seq>:2": rejected as full)
     <p>:snapshots:<incarnation>    sorted set of snapshot sequence numbers
     <p>:snapshot:<incarnation>:<seq>
@@ -20,7 +20,12 @@ never lost. Keys (prefix ``REDIS_KEY_PREFIX``)::
     <p>:ids:<name>                 sorted set of a model's pending identifiers by expiry (for eviction)
     <p>:stats:<name>               hash: <op>:n, <op>:total, <op>:ewm, <op>:b<bucket> (latency histogram)
     <p>:rates:<name>               hash: <op>:<slot> calls per rate slot (the last minute; expires when idle)
+    <p>:recent                     sorted set: model names by their last call (what warm-up loads)
     <p>:errors                     hash: <route>:<status> failed calls
+
+On a Redis Cluster (:mod:`django_river_ml.storage.redis_cluster`) a model's keys carry its name as a
+hash tag, and the keys of the whole store are laid out apart. With ``wait_replicas``, writes are
+acknowledged once that many replicas have them (:meth:`RedisStore._durable`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ from django_river_ml.exceptions import StorageUnavailable
 from django_river_ml.storage.base import ANY, OK, Access, CallStats, LogEntry, ModelInfo, Store
 
 logger = logging.getLogger(__name__)
+
+# Answers only a cluster node gives (to a client that took it for one Redis).
+CLUSTER_ONLY_ERRORS = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError)
 
 # Models kept in the list of the most recently called (what a starting worker warms up from).
 RECENT_KEPT = 1000
@@ -307,8 +315,7 @@ class RedisStore(Store):
             logger.warning("Cannot reach Redis: %s", error)
             raise StorageUnavailable("The model store (Redis) cannot be reached.") from None
         except redis.exceptions.RedisError as error:
-            if not isinstance(self.redis, redis.RedisCluster) and isinstance(
-                    error, (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError)):
+            if not isinstance(self.redis, redis.RedisCluster) and isinstance(error, CLUSTER_ONLY_ERRORS):
                 logger.error("Redis refused a call: %r. The Redis at REDIS_URL is a node of a Redis Cluster: "
                              "set REDIS_CLUSTER = True.", error)
             else:
@@ -358,8 +365,10 @@ class RedisStore(Store):
                      version=None):
         outcome, old = self._durable(
             self._create,
-            keys=[self.model_key("model", name), self.key("models"), self.incarnation_key("snapshot", name, incarnation, 0),
-                  self.incarnation_key("snapshots", name, incarnation), self.key("owned", ""), self.incarnation_key("versions", name, incarnation),
+            keys=[self.model_key("model", name), self.key("models"),
+                  self.incarnation_key("snapshot", name, incarnation, 0),
+                  self.incarnation_key("snapshots", name, incarnation), self.key("owned", ""),
+                  self.incarnation_key("versions", name, incarnation),
                   self.incarnation_key("version-numbers", name, incarnation)],
             args=[name, flavor, incarnation, time.time(), snapshot, *_access_fields(access),
                   "" if expect is None else expect, max_owned or 0, _json(version) if version is not None else ""],
@@ -410,10 +419,8 @@ class RedisStore(Store):
                 *(self.model_key("id", name, identifier.decode()) for identifier in identifiers)]
         if incarnation:
             snapshots = self._call(self.redis.zrange, self.incarnation_key("snapshots", name, incarnation), 0, -1)
-            keys += [self.incarnation_key("log", name, incarnation), self.incarnation_key("rejected", name, incarnation),
-                     self.incarnation_key("snapshots", name, incarnation), self.incarnation_key("versions", name, incarnation),
-                     self.incarnation_key("version-numbers", name, incarnation), self.incarnation_key("keys", name, incarnation),
-                     self.incarnation_key("keyage", name, incarnation)]
+            keys += [self.incarnation_key(kind, name, incarnation) for kind in
+                     ("log", "rejected", "snapshots", "versions", "version-numbers", "keys", "keyage")]
             keys += [self.incarnation_key("snapshot", name, incarnation, seq.decode()) for seq in snapshots]
         if keys:
             self._call(self.redis.delete, *keys)
@@ -430,7 +437,8 @@ class RedisStore(Store):
     def append_keyed(self, name, incarnation, data, keys, keep_seconds, max_keys):
         result = self._durable(
             self._append_keyed,
-            keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation), *self._key_sets(name, incarnation)],
+            keys=[self.model_key("model", name), self.incarnation_key("log", name, incarnation),
+                  *self._key_sets(name, incarnation)],
             args=[incarnation, data, repr(time.time() * 1000), max(int(keep_seconds * 1000), 1), max_keys,
                   secrets.token_hex(8), *dict.fromkeys(keys)],
         )
@@ -445,7 +453,7 @@ class RedisStore(Store):
 
     def _key_sets(self, name: str, incarnation: str) -> list[str]:
         """What the idempotency key scripts read: the keys, their expiries, the rejected entries."""
-        return [self.incarnation_key("keys", name, incarnation), self.incarnation_key("keyage", name, incarnation), self.incarnation_key("rejected", name, incarnation)]
+        return [self.incarnation_key(kind, name, incarnation) for kind in ("keys", "keyage", "rejected")]
 
     def entries(self, name, incarnation, after, upto):
         if upto <= after:
@@ -467,21 +475,23 @@ class RedisStore(Store):
         return result
 
     def reject(self, name, incarnation, seq, reason=1):
-        self._call(self.redis.sadd, self.incarnation_key("rejected", name, incarnation), seq if reason == 1 else f"{seq}:{reason}")
+        self._call(self.redis.sadd, self.incarnation_key("rejected", name, incarnation),
+                   seq if reason == 1 else f"{seq}:{reason}")
 
     # Snapshots
 
     def save_snapshot(self, name, incarnation, seq, data, keep, version=None):
         dropped = ""
         if version is not None:
-            records = {r["sequence"]: r for r in map(json.loads, self._call(self.redis.hvals,
-                                                                            self.incarnation_key("versions", name, incarnation)))}
+            kept = self._call(self.redis.hvals, self.incarnation_key("versions", name, incarnation))
+            records = {record["sequence"]: record for record in map(json.loads, kept)}
             if records.get(seq, {}).get("kind", versions.SNAPSHOT) == versions.SNAPSHOT:  # as SAVE_SNAPSHOT keeps it
                 records[seq] = version  # one version per sequence: a snapshot saved again is not two
             dropped = " ".join(map(str, sorted(versions.expired_now(records.values()) - {seq})))
         self._durable(
             self._save_snapshot,
-            keys=[self.model_key("model", name), self.incarnation_key("snapshots", name, incarnation), self.incarnation_key("snapshot", name, incarnation, ""),
+            keys=[self.model_key("model", name), self.incarnation_key("snapshots", name, incarnation),
+                  self.incarnation_key("snapshot", name, incarnation, ""),
                   self.incarnation_key("log", name, incarnation), self.incarnation_key("versions", name, incarnation),
                   self.incarnation_key("version-numbers", name, incarnation)],
             args=[incarnation, seq, data, keep, _json(version) if version is not None else "", dropped],
