@@ -149,6 +149,12 @@ class Read:
     error: str | None = None
 
 
+# Failures of the stream's Redis that pass: it is down, slow, or a cluster failing over (its slots
+# moving, no node answering yet). The ingester waits them out.
+PASSING_FAILURES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
+                    redis.exceptions.TryAgainError, redis.exceptions.AskError, redis.exceptions.RedisClusterException)
+
+
 class Ingester:
     """Reads ``stream`` as ``consumer`` of ``group`` and learns what it reads (see the module's words).
 
@@ -193,17 +199,17 @@ class Ingester:
                 failures = 0
             except Stopped:
                 break
-            except redis.ResponseError as error:
-                if "NOGROUP" not in str(error):
-                    raise
-                logger.warning("The consumer group %s of %s is gone: making it again.", self.group, self.stream)
-                self._own_pending = True
-            except (redis.ConnectionError, redis.TimeoutError) as error:
+            except PASSING_FAILURES as error:
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
                 logger.warning("Redis failed (%s); trying again in %s s.", error, delay)
                 self._own_pending = True  # what was read may not be acknowledged
                 self.stop.wait(delay)
+            except redis.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                logger.warning("The consumer group %s of %s is gone: making it again.", self.group, self.stream)
+                self._own_pending = True
             self._progress()
         self.report(f"river_ingest {self.stream} ({self.consumer}) stopped: {self.counts}")
         return self.counts

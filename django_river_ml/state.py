@@ -340,7 +340,10 @@ class ModelRegistry:
             return {}
         if self.replica(name).incarnation != incarnation:
             raise ModelNotFound(f"No model named {name!r}.")
-        return self.store.known_keys(name, incarnation, list(known))
+        known = self.store.known_keys(name, incarnation, list(known))
+        if known:  # acknowledged again: their entries as safe as the first time (on a replica: Store.confirm)
+            self.store.confirm(name)
+        return known
 
     # Internals -------------------------------------------------------------
 
@@ -474,76 +477,78 @@ class ModelRegistry:
                                        or entries[-1].seq != upto or len(entries) != upto - replica.seq):
                 raise ModelNotFound(f"The log of model {replica.name!r} is incomplete.")
             tokens = {entry.seq: entry.token for entry in entries}
-            for entry in entries:
-                if entry.rejected:
-                    if entry.rejected == FULL:  # the learn that took the model past MAX_MODEL_BYTES
-                        replica.growth = replica.growth.filled(entry.seq)
-                    replica.seq = entry.seq
-                    replica.skipped.add(entry.seq)
-                    continue
-                data = pickle.loads(entry.data)  # noqa: S301 - our log
-                if ("ship" in data and entry.seq != watch
-                        and self._load_shipped(replica, entry.seq, data["ship"], watch)):
-                    break  # caught up from the snapshot written after it: read on from there
-                if data.get("op") == "retract":
-                    if self._undo_if_applied(replica, data["seq"]):
-                        break  # rebuilt from a snapshot without the retracted entry: read on from there
-                    replica.seq = entry.seq
-                    continue
-                if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") not in NOT_LEARNS:
-                    # A learn after the one that filled the model: every replica rejects it alike.
-                    self.store.reject(replica.name, replica.incarnation, entry.seq, FULL)
-                    replica.seq = entry.seq
-                    replica.skipped.add(entry.seq)
-                    if entry.seq == watch:
-                        outcome.error = model_full(replica)
-                    continue
-                try:
-                    # Only the worker that appended an entry may reject it for running long (see
-                    # _retract); catching up on others' entries gets more time, and never rejects.
-                    factor = 1 if entry.seq == watch else CATCH_UP_FACTOR
-                    rows = entry_rows(data)
-                    started = time.perf_counter()
-                    watched = EntryWatch()
-                    prediction = run_limited(batch_limit(rows) * factor, self._apply, replica, data, watched,
-                                             memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES * factor)
-                    row_seconds = (time.perf_counter() - started) / rows
-                    replica.row_seconds = row_seconds if replica.row_seconds is None else (
-                        ROW_TIME_ALPHA * row_seconds + (1 - ROW_TIME_ALPHA) * replica.row_seconds)
-                except Exception as error:  # the model raised or ran over a limit: reject, rebuild here
-                    # Half-applied until rebuilt: if the store fails before that, the next advance
-                    # finds no entry after -1 and starts from a snapshot.
-                    replica.seq = -1
-                    if isinstance(error, CallLimitExceeded) and entry.seq != watch:
+            try:
+                for entry in entries:
+                    if entry.rejected:
+                        if entry.rejected == FULL:  # the learn that took the model past MAX_MODEL_BYTES
+                            replica.growth = replica.growth.filled(entry.seq)
+                        replica.seq = entry.seq
+                        replica.skipped.add(entry.seq)
+                        continue
+                    data = pickle.loads(entry.data)  # noqa: S301 - our log
+                    if ("ship" in data and entry.seq != watch
+                            and self._load_shipped(replica, entry.seq, data["ship"], watch)):
+                        break  # caught up from the snapshot written after it: read on from there
+                    if data.get("op") == "retract":
+                        if self._undo_if_applied(replica, data["seq"]):
+                            break  # rebuilt from a snapshot without the retracted entry: read on from there
+                        replica.seq = entry.seq
+                        continue
+                    if replica.growth.full and entry.seq > replica.growth.seq and data.get("op") not in NOT_LEARNS:
+                        # A learn after the one that filled the model: every replica rejects it alike.
+                        self.store.reject(replica.name, replica.incarnation, entry.seq, FULL)
+                        replica.seq = entry.seq
+                        replica.skipped.add(entry.seq)
+                        if entry.seq == watch:
+                            outcome.error = model_full(replica)
+                        continue
+                    try:
+                        # Only the worker that appended an entry may reject it for running long (see
+                        # _retract); catching up on others' entries gets more time, and never rejects.
+                        factor = 1 if entry.seq == watch else CATCH_UP_FACTOR
+                        rows = entry_rows(data)
+                        started = time.perf_counter()
+                        watched = EntryWatch()
+                        prediction = run_limited(batch_limit(rows) * factor, self._apply, replica, data, watched,
+                                                 memory_bytes=river_settings.CALL_MEMORY_LIMIT_BYTES * factor)
+                        row_seconds = (time.perf_counter() - started) / rows
+                        replica.row_seconds = row_seconds if replica.row_seconds is None else (
+                            ROW_TIME_ALPHA * row_seconds + (1 - ROW_TIME_ALPHA) * replica.row_seconds)
+                    except Exception as error:  # the model raised or ran over a limit: reject, rebuild here
+                        # Half-applied until rebuilt: if the store fails before that, the next advance
+                        # finds no entry after -1 and starts from a snapshot.
+                        replica.seq = -1
+                        if isinstance(error, CallLimitExceeded) and entry.seq != watch:
+                            self._rebuild(replica)
+                            if watch is not None:  # our own entry, not reached: ours to judge, and not applied
+                                self.store.reject(replica.name, replica.incarnation, watch)
+                            raise ModelBusy(
+                                f"Model {replica.name!r} is catching up with an entry that went over its limits "
+                                f"here ({error}); try again shortly."
+                            ) from None
+                        logger.info("Model %s rejected entry %s: %r", replica.name, entry.seq, error)
+                        self.store.reject(replica.name, replica.incarnation, entry.seq)
+                        if entry.seq == watch:
+                            outcome.error = error
                         self._rebuild(replica)
-                        if watch is not None:  # our own entry, not reached: ours to judge, and not applied
-                            self.store.reject(replica.name, replica.incarnation, watch)
-                        raise ModelBusy(
-                            f"Model {replica.name!r} is catching up with an entry that went over its limits "
-                            f"here ({error}); try again shortly."
-                        ) from None
-                    logger.info("Model %s rejected entry %s: %r", replica.name, entry.seq, error)
-                    self.store.reject(replica.name, replica.incarnation, entry.seq)
+                        break
+                    replica.seq = entry.seq
+                    if watched.drifts:
+                        replica.drift.last_at = entry.seq
                     if entry.seq == watch:
-                        outcome.error = error
-                    self._rebuild(replica)
-                    break
-                replica.seq = entry.seq
-                if watched.drifts:
-                    replica.drift.last_at = entry.seq
-                if entry.seq == watch:
-                    outcome.prediction = prediction
-                    outcome.drifts, outcome.drift_policy = watched.drifts, replica.drift.policy if watched.drifts else "none"
-                if data.get("op") not in PREDICTIONS and replica.growth.due(entry.seq) and self._measure(replica):
-                    # Every replica measures here and finds the same size: all reject this learn.
-                    if entry.seq == watch:
-                        outcome.error, outcome.prediction = model_full(replica), None
-                    self.store.reject(replica.name, replica.incarnation, entry.seq, FULL)
-                    replica.seq = -1
-                    self._rebuild(replica)
-                    break
-            if replica.seq in tokens:  # where it stopped, if that entry was read here (not a snapshot's)
-                replica.tip = tokens[replica.seq]
+                        outcome.prediction = prediction
+                        outcome.drifts, outcome.drift_policy = watched.drifts, replica.drift.policy if watched.drifts else "none"
+                    if data.get("op") not in PREDICTIONS and replica.growth.due(entry.seq) and self._measure(replica):
+                        # Every replica measures here and finds the same size: all reject this learn.
+                        if entry.seq == watch:
+                            outcome.error, outcome.prediction = model_full(replica), None
+                        self.store.reject(replica.name, replica.incarnation, entry.seq, FULL)
+                        replica.seq = -1
+                        self._rebuild(replica)
+                        break
+            finally:  # where it stopped, if that entry was read here (not a snapshot's); also when it raised
+                if replica.seq in tokens:
+                    replica.tip = tokens[replica.seq]
         if watch is not None and outcome.error is None and replica.applied(watch) is False:
             # Another worker judged this replica's own entry first (caught up from a snapshot past it).
             outcome.error = model_full(replica) if replica.growth.full else RejectedElsewhere(
@@ -629,7 +634,7 @@ class ModelRegistry:
             replica.dump_seconds = time.perf_counter() - started
         record = versions.record(replica.seq, kind, describe_metrics(replica.metrics), **details)
         self.store.save_snapshot(replica.name, replica.incarnation, replica.seq, data,
-                                 keep=river_settings.SNAPSHOTS_KEPT, version=record)
+                                 keep=river_settings.SNAPSHOTS_KEPT, version=record, tip=replica.tip)
 
     def _snapshot(self, replica: Replica, kind: str = versions.SNAPSHOT, **details: Any) -> bool:
         """:meth:`_write_version` for the appender, whose learn is acknowledged anyway. False: it failed."""

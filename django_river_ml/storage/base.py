@@ -162,6 +162,13 @@ class Store(abc.ABC):
         The idempotency keys recorded with it no longer count (see :meth:`append_keyed`).
         """
 
+    def confirm(self, name: str) -> None:
+        """Return once what the store acknowledged for model ``name`` so far would outlive a failover.
+
+        Before a learn is acknowledged again (a retry with its idempotency key), what it wrote must be
+        as safe as when it was first acknowledged. Stores without replicas have nothing to wait for.
+        """
+
     # Idempotency keys ------------------------------------------------------
 
     def append_keyed(self, name: str, incarnation: str, data: bytes, keys: Sequence[str], keep_seconds: float,
@@ -185,8 +192,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save_snapshot(self, name: str, incarnation: str, seq: int, data: bytes, keep: int,
-                      version: dict | None = None) -> None:
+                      version: dict | None = None, tip: str | None = None) -> None:
         """Store a snapshot, a version with its ``version`` record (:mod:`django_river_ml.versions`).
+
+        ``tip``: the token of entry ``seq`` the snapshot was made after (:attr:`LogEntry.token`); a store
+        that keeps a chain refuses (StorageUnavailable) a snapshot whose entry its log no longer has.
 
         The newest ``keep`` snapshots stay, and the log they no longer need is trimmed; older ones stay
         while they are versions the retention policy keeps (:func:`~django_river_ml.versions.expired_now`).

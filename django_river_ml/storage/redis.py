@@ -191,6 +191,11 @@ return known_keys(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), 2)
 """
 
 # KEYS: stats, model, rates. 0 if the incarnation is gone (its counts are dropped).
+# KEYS: model. A write on the model's master, for WAIT to wait on (and everything written there before it).
+CONFIRM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'confirmations', 1) end
+"""
+
 RECORD_CALLS = """
 if redis.call('HGET', KEYS[2], 'incarnation') ~= ARGV[1] then return 0 end
 local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2] .. ':n') or '0')
@@ -220,9 +225,25 @@ return 1
 # KEYS: model, snapshots (sorted set), snapshot key prefix, log, versions (seq -> record), version numbers
 # (seq -> number, and "n": the last). ARGV: incarnation, seq, data, keep, record ('': not a version; it replaces
 # only a routine snapshot's record at that sequence), the
-# sequences of the versions the retention policy drops (space separated; never one of the newest ``keep``).
+# sequences of the versions the retention policy drops (space separated; never one of the newest ``keep``),
+# '1' if the token of entry seq follows ('' if unknown), that token. -2: the log no longer has that entry.
 SAVE_SNAPSHOT = """
 if redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[1] then return 0 end
+if ARGV[7] == '1' then  -- the snapshot goes on from entry ARGV[2], token ARGV[8]: is it still the log's?
+    local seq, head = tonumber(ARGV[2]), tonumber(redis.call('HGET', KEYS[1], 'head'))
+    if seq > head then return -2 end
+    if seq == head then
+        if (redis.call('HGET', KEYS[1], 'tip') or ARGV[8]) ~= ARGV[8] then return -2 end
+    elseif seq > 0 then
+        local entry = redis.call('XRANGE', KEYS[4], seq .. '-1', seq .. '-1')[1]
+        if entry then  -- (a trimmed one is older than a newer snapshot: nothing to check)
+            local fields = entry[2]
+            for j = 1, #fields, 2 do
+                if fields[j] == 't' and fields[j + 1] ~= ARGV[8] then return -2 end
+            end
+        end
+    end
+end
 redis.call('SET', KEYS[3] .. ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 if ARGV[5] ~= '' then
@@ -273,6 +294,7 @@ class RedisStore(Store):
         self._known_keys = client.register_script(KNOWN_KEYS)
         self._record_calls = client.register_script(RECORD_CALLS)
         self._save_snapshot = client.register_script(SAVE_SNAPSHOT)
+        self._confirm = client.register_script(CONFIRM)
 
     @classmethod
     def from_settings(cls, settings) -> RedisStore:
@@ -314,7 +336,8 @@ class RedisStore(Store):
         except redis.exceptions.ConnectionError as error:
             logger.warning("Cannot reach Redis: %s", error)
             raise StorageUnavailable("The model store (Redis) cannot be reached.") from None
-        except redis.exceptions.RedisError as error:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as error:
+            # (A cluster client's own errors, such as no node answering, are not RedisErrors.)
             if not isinstance(self.redis, redis.RedisCluster) and isinstance(error, CLUSTER_ONLY_ERRORS):
                 logger.error("Redis refused a call: %r. The Redis at REDIS_URL is a node of a Redis Cluster: "
                              "set REDIS_CLUSTER = True.", error)
@@ -480,7 +503,7 @@ class RedisStore(Store):
 
     # Snapshots
 
-    def save_snapshot(self, name, incarnation, seq, data, keep, version=None):
+    def save_snapshot(self, name, incarnation, seq, data, keep, version=None, tip=None):
         dropped = ""
         if version is not None:
             kept = self._call(self.redis.hvals, self.incarnation_key("versions", name, incarnation))
@@ -488,14 +511,22 @@ class RedisStore(Store):
             if records.get(seq, {}).get("kind", versions.SNAPSHOT) == versions.SNAPSHOT:  # as SAVE_SNAPSHOT keeps it
                 records[seq] = version  # one version per sequence: a snapshot saved again is not two
             dropped = " ".join(map(str, sorted(versions.expired_now(records.values()) - {seq})))
-        self._durable(
+        saved = self._durable(
             self._save_snapshot,
             keys=[self.model_key("model", name), self.incarnation_key("snapshots", name, incarnation),
                   self.incarnation_key("snapshot", name, incarnation, ""),
                   self.incarnation_key("log", name, incarnation), self.incarnation_key("versions", name, incarnation),
                   self.incarnation_key("version-numbers", name, incarnation)],
-            args=[incarnation, seq, data, keep, _json(version) if version is not None else "", dropped],
+            args=[incarnation, seq, data, keep, _json(version) if version is not None else "", dropped,
+                  "" if tip is None else "1", tip or ""],
         )
+        if saved == -2:
+            raise StorageUnavailable(f"The log of model {name!r} no longer has the entry its snapshot at {seq} "
+                                     "was made after (a failover?); the snapshot was not written.")
+
+    def confirm(self, name):
+        if self.wait_replicas:
+            self._durable(self._confirm, keys=[self.model_key("model", name)], args=[])
 
     def versions(self, name, incarnation):
         pipe = self.redis.pipeline(transaction=True)

@@ -10,10 +10,11 @@ one Redis, while models spread over the masters. What spans models lives apart::
     <p>:owner-lock:{<owner>}   held while a quota is checked and used (create, change of owner)
     <p>:recent, <p>:errors     as on one Redis
 
-The indexes are only ever added to before the model is written; a name whose model is gone is
-left out when read (the model's own hash is the truth), and dropped from the index once it is
-older than :data:`INDEX_GRACE_SECONDS`, so that a create in progress is never dropped. A quota is
-counted from the models themselves, under the owner's lock.
+The indexes are only ever added to before the model is written (and acknowledged as it is); a name
+whose model is gone is left out when read (the model's own hash is the truth), and dropped from the
+index once it is older than :data:`INDEX_GRACE_SECONDS`, so that a create in progress is never
+dropped. An owner's index is written, and their quota counted from the models themselves, under
+the owner's lock.
 
 Writes are acknowledged once a replica has them (``REDIS_WAIT_REPLICAS``, 1 by default here):
 see :meth:`RedisStore._durable` and docs/architecture.md.
@@ -79,6 +80,17 @@ end
 return dropped
 """
 
+# KEYS: an index. ARGV: score, name. Through RedisStore._durable: an acknowledged upload is listed after a failover.
+INDEX = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+# KEYS: an owner's lock. ARGV: token, milliseconds. 1 if taken.
+TAKE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -98,6 +110,8 @@ class RedisClusterStore(RedisStore):
         self._set_access = client.register_script(SET_ACCESS)
         self._forget = client.register_script(FORGET)
         self._release = client.register_script(RELEASE)
+        self._index = client.register_script(INDEX)
+        self._take = client.register_script(TAKE)
 
     def model_key(self, kind, name, *parts):
         return self.key(kind, f"{{{name}}}", *parts)
@@ -118,12 +132,11 @@ class RedisClusterStore(RedisStore):
     # Writes on the node that serves a key, and WAIT on the same connection
 
     def _node_client(self, key):
-        node = self.redis.get_node_from_key(key)
-        if node is None:  # the client's layout was dropped (closed, or a failed node): learn it again
+        try:
+            node = self.redis.get_node_from_key(key)
+        except redis.exceptions.SlotNotCoveredError:  # the layout is unknown (a node failed): learn it again
             self._relearn_layout()
             node = self.redis.get_node_from_key(key)
-            if node is None:
-                raise redis.exceptions.ClusterDownError(f"No node serves the slot of {key!r}")
         return self.redis.get_redis_connection(node)
 
     def _on_key_node(self, function):
@@ -144,7 +157,7 @@ class RedisClusterStore(RedisStore):
     def _relearn_layout(self) -> None:
         try:
             self.redis.nodes_manager.initialize()
-        except redis.exceptions.RedisError:  # the next call tries again
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):  # the next call tries again
             pass
 
     # Models
@@ -152,12 +165,10 @@ class RedisClusterStore(RedisStore):
     def create_model(self, name, flavor, incarnation, snapshot, access=Access(), expect=ANY, max_owned=None,
                      version=None):
         owner = access.owner or ""
-        with self._owner_lock(owner if max_owned else ""):
-            if owner:
-                if max_owned and self._owner_of(name) != owner and self._owned_now(owner, tidy=True) >= max_owned:
-                    return OVER_QUOTA
-                self._call(self.redis.zadd, self.owner_key("owned", owner), {name: time.time()})
-            self._call(self.redis.zadd, self.key("models"), {name: time.time()})
+        with self._owner_lock(owner):
+            if not self._owned_one_more(name, owner, max_owned):
+                return OVER_QUOTA
+            self._add_to_index(self.key("models"), name)
             outcome, old = self._durable(
                 self._create,
                 keys=[self.model_key("model", name), self.incarnation_key("snapshot", name, incarnation, 0),
@@ -181,11 +192,9 @@ class RedisClusterStore(RedisStore):
 
     def set_access(self, name, incarnation, access, max_owned=None):
         owner = access.owner or ""
-        with self._owner_lock(owner if max_owned else ""):
-            if owner:
-                if max_owned and self._owner_of(name) != owner and self._owned_now(owner, tidy=True) >= max_owned:
-                    return OVER_QUOTA
-                self._call(self.redis.zadd, self.owner_key("owned", owner), {name: time.time()})
+        with self._owner_lock(owner):
+            if not self._owned_one_more(name, owner, max_owned):
+                return OVER_QUOTA
             outcome = self._durable(self._set_access, keys=[self.model_key("model", name)],
                                     args=[incarnation, *_access_fields(access)])
         return outcome.decode()
@@ -228,19 +237,34 @@ class RedisClusterStore(RedisStore):
             self._call(self._forget, keys=[index], args=[now - grace, *stale])
         return found
 
+    def _owned_one_more(self, name: str, owner: str, max_owned: int | None) -> bool:
+        """Under ``owner``'s lock: whether ``owner`` may own ``name`` too (within ``max_owned``, if given); then
+        it is in their index before the model says so."""
+        if not owner:
+            return True
+        if max_owned and self._owner_of(name) != owner and self._owned_now(owner, tidy=True) >= max_owned:
+            return False
+        self._add_to_index(self.owner_key("owned", owner), name)
+        return True
+
+    def _add_to_index(self, index: str, name: str) -> None:
+        """Add ``name`` to ``index`` (on whichever master serves it), acknowledged as the model's own writes are."""
+        self._durable(self._index, keys=[index], args=[time.time(), name])
+
     def _owner_of(self, name: str) -> str:
         owner = self._call(self.redis.hget, self.model_key("model", name), "owner")
         return owner.decode() if owner else ""
 
     @contextlib.contextmanager
     def _owner_lock(self, owner: str):
-        """Hold ``owner``'s lock (nothing to hold for ''): their quota is counted and used by one call at a time."""
+        """Hold ``owner``'s lock (nothing to hold for ''): the writes to their index, and their quota's count, are
+        made by one call at a time (a count forgets names whose model is not theirs: never one being written)."""
         if not owner:
             yield
             return
         key, token = self.owner_key("owner-lock", owner), secrets.token_hex(16)
         deadline = time.monotonic() + OWNER_LOCK_SECONDS
-        while not self._call(self.redis.set, key, token, nx=True, px=int(OWNER_LOCK_SECONDS * 1000)):
+        while not self._durable(self._take, keys=[key], args=[token, int(OWNER_LOCK_SECONDS * 1000)]):
             if time.monotonic() > deadline:
                 raise StorageUnavailable("Another upload of this owner's is still being made; try again.")
             time.sleep(0.01)

@@ -292,7 +292,7 @@ class ShelveStore(Store):
 
     # Snapshots
 
-    def save_snapshot(self, name, incarnation, seq, data, keep, version=None):
+    def save_snapshot(self, name, incarnation, seq, data, keep, version=None, tip=None):
         with self._write() as db:
             if db.execute(
                 "SELECT 1 FROM models WHERE name = ? AND incarnation = ?", (name, incarnation)

@@ -454,7 +454,7 @@ class RedisEventLog(EventLog):
     def _call(self, function, *args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except redis.exceptions.RedisError as error:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as error:
             raise StorageUnavailable(f"The event log (Redis) failed: {type(error).__name__}: {error}") from None
 
     def append(self, events):
