@@ -62,8 +62,7 @@ def backend(request, settings, tmp_path):
     if request.param != "shelve":
         config.update(STORAGE_BACKEND="redis", **redis_settings(request, request.param, "test"))
     settings.DJANGO_RIVER_ML = config
-    store = get_store()
-    store.flush()
+    store = get_store()  # empty: a data directory, a key prefix of its own
     yield request.param
     store.flush()
 
