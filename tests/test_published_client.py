@@ -23,7 +23,7 @@ from flavored_models import EXPECTED_METRICS, FLAVORS, MODEL_JSON_STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PROJECT = ROOT / "example_project"
-BACKENDS = ("shelve", "redis")
+BACKENDS = ("shelve", "redis", "redis-cluster")
 DRIVER = Path(__file__).resolve().parent / "published_client_driver.py"
 N_LEARN = 12
 SUPERVISED = ("regression", "binary", "multiclass")

@@ -43,7 +43,7 @@ from riverapi import (
 from riverapi.auth import parse_auth_header
 from riverapi.client import pickle_model
 
-BACKENDS = ("shelve", "redis")
+BACKENDS = ("shelve", "redis", "redis-cluster")
 PREDICT_METHOD = {"regression": "predict_one", "binary": "predict_proba_one", "multiclass": "predict_proba_one",
                   "cluster": "predict_one", "anomaly": "score_one", "custom": "predict_one"}
 N_LEARN = 10
