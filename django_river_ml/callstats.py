@@ -246,6 +246,14 @@ def flush(store=None) -> None:
         buffer.flush()
 
 
+def close(store) -> None:
+    """Write what this process holds for ``store`` one last time and forget it: the store is no longer used
+    (the settings changed), so counts it refuses now would wait for it, and warn, for ever."""
+    buffer = _buffers.pop(store, None)
+    if buffer is not None:
+        buffer.flush(last=True)
+
+
 def _start_writer() -> None:
     global _writer
     if _writer is not None and _writer.is_alive():

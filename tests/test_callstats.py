@@ -119,6 +119,27 @@ def test_counts_wait_for_a_store_that_fails_and_are_written_later(backend, monke
     assert client.stats("patient")["learn"]["n_calls"] == 4
 
 
+def test_a_store_no_longer_used_gets_its_counts_once_and_is_then_forgotten(backend, monkeypatch, settings):
+    """Its tallies would otherwise wait for it, and warn at every interval, for as long as the process lives."""
+    settings.DJANGO_RIVER_ML = {**getattr(settings, "DJANGO_RIVER_ML", {}), "STATS_FLUSH_SECONDS": 30}
+    client = DjangoClient(store=get_store())
+    client.upload_model(regression(), "regression", "left")
+    store = client.store
+    tried = []
+
+    def gone(*args):
+        tried.append(args[0])
+        raise StorageUnavailable("The model store (Redis) cannot be reached.")
+
+    monkeypatch.setattr(store, "record_calls", gone)
+    client.learn("left", *examples("regression", 1)[0])
+    settings.DJANGO_RIVER_ML = {**settings.DJANGO_RIVER_ML, "STATS_FLUSH_SECONDS": 29}  # another store now
+    assert tried == ["left"]  # written once more when it was left
+    assert store not in callstats._buffers
+    callstats.flush()
+    assert tried == ["left"]
+
+
 WORKER = """
 import django
 django.setup()

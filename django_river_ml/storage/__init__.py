@@ -84,7 +84,7 @@ def reset_store() -> None:
     global _store
     with _lock:
         if _store is not None and _store_pid == os.getpid():
-            callstats.flush(_store)
+            callstats.close(_store)
             _store.close()
         _store = None
 
