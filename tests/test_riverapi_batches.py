@@ -336,7 +336,7 @@ def test_a_server_without_batches_gets_one_request_per_row_once_detected(mode, c
     assert server.sizes("predict") == [2] + [None] * 3
     assert server.learned["m"] == [float(i) for i in range(5)] + [0.0, 1.0, 2.0]
     assert client.unbatched_routes == {"learn", "predict"}
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("riverapi")]  # the client's own
     assert len(warnings) == 2 and "no batch learn route" in warnings[0] and "no batch predict route" in warnings[1]
     assert all(f"answered {'400' if mode == 'old' else mode}" in w for w in warnings)
 
