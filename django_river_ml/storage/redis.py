@@ -52,9 +52,24 @@ CLUSTER_ONLY_ERRORS = (redis.exceptions.MovedError, redis.exceptions.AskError, r
 # Models kept in the list of the most recently called (what a starting worker warms up from).
 RECENT_KEPT = 1000
 
+# A new incarnation of a model: its hash (head 0, the log's chain starting empty, and ``fields``), its first
+# snapshot and, unless ``version`` is '', its first version. Shared by both stores' CREATE.
+WRITE_INCARNATION_FUNCTION = """
+local function write_incarnation(model, snapshot, snapshots, versions, numbers, fields, data, version)
+    redis.call('DEL', model)
+    redis.call('HSET', model, 'head', 0, 'tip', '', unpack(fields))
+    redis.call('SET', snapshot, data)
+    redis.call('ZADD', snapshots, 0, 0)
+    if version ~= '' then
+        redis.call('HSET', versions, 0, version)
+        redis.call('HSET', numbers, 0, redis.call('HINCRBY', numbers, 'n', 1))
+    end
+end
+"""
+
 # ARGV[9] expect: '*' any model, '' none, else that incarnation. ARGV[10] max_owned: 0 for none.
 # KEYS[5] is the prefix of the owned-by sets.
-CREATE = """
+CREATE = WRITE_INCARNATION_FUNCTION + """
 local current = redis.call('HMGET', KEYS[1], 'incarnation', 'owner')
 local old, old_owner = current[1], current[2] or ''
 if ARGV[9] ~= '*' and (old or '') ~= ARGV[9] then return {'conflict', ''} end
@@ -63,17 +78,11 @@ if owner ~= '' and max_owned > 0 and old_owner ~= owner and redis.call('SCARD', 
     return {'over_quota', ''}
 end
 if old_owner ~= '' then redis.call('SREM', KEYS[5] .. old_owner, ARGV[1]) end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'flavor', ARGV[2], 'incarnation', ARGV[3], 'head', 0, 'tip', '', 'created', ARGV[4],
-           'owner', owner, 'users', ARGV[7], 'groups', ARGV[8])
+write_incarnation(KEYS[1], KEYS[3], KEYS[4], KEYS[6], KEYS[7],
+                  {'flavor', ARGV[2], 'incarnation', ARGV[3], 'created', ARGV[4], 'owner', owner,
+                   'users', ARGV[7], 'groups', ARGV[8]}, ARGV[5], ARGV[11])
 redis.call('SADD', KEYS[2], ARGV[1])
 if owner ~= '' then redis.call('SADD', KEYS[5] .. owner, ARGV[1]) end
-redis.call('SET', KEYS[3], ARGV[5])
-redis.call('ZADD', KEYS[4], 0, 0)
-if ARGV[11] ~= '' then
-    redis.call('HSET', KEYS[6], 0, ARGV[11])
-    redis.call('HSET', KEYS[7], 0, redis.call('HINCRBY', KEYS[7], 'n', 1))
-end
 return {'ok', old or ''}
 """
 

@@ -30,7 +30,8 @@ import redis
 
 from django_river_ml.exceptions import StorageUnavailable
 from django_river_ml.storage.base import ANY, CONFLICT, OK, OVER_QUOTA, Access
-from django_river_ml.storage.redis import RedisStore, _access_fields, _glob_escape, _json, _model_info
+from django_river_ml.storage.redis import (WRITE_INCARNATION_FUNCTION, RedisStore, _access_fields, _glob_escape,
+                                           _json, _model_info)
 
 # A name in an index whose model is missing is dropped once its entry is this old (a create in
 # progress has a fresh one).
@@ -40,18 +41,12 @@ OWNER_LOCK_SECONDS = 10.0
 
 # KEYS: model, snapshot 0, snapshots, versions, version numbers. ARGV: flavor, incarnation, created,
 # snapshot, owner, users, groups, expect ('*' any model, '' none, else that incarnation), version record.
-CREATE = """
+CREATE = WRITE_INCARNATION_FUNCTION + """
 local old = redis.call('HGET', KEYS[1], 'incarnation')
 if ARGV[8] ~= '*' and (old or '') ~= ARGV[8] then return {'conflict', ''} end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'flavor', ARGV[1], 'incarnation', ARGV[2], 'head', 0, 'tip', '', 'created', ARGV[3],
-           'owner', ARGV[5], 'users', ARGV[6], 'groups', ARGV[7])
-redis.call('SET', KEYS[2], ARGV[4])
-redis.call('ZADD', KEYS[3], 0, 0)
-if ARGV[9] ~= '' then
-    redis.call('HSET', KEYS[4], 0, ARGV[9])
-    redis.call('HSET', KEYS[5], 0, redis.call('HINCRBY', KEYS[5], 'n', 1))
-end
+write_incarnation(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+                  {'flavor', ARGV[1], 'incarnation', ARGV[2], 'created', ARGV[3], 'owner', ARGV[5],
+                   'users', ARGV[6], 'groups', ARGV[7]}, ARGV[4], ARGV[9])
 return {'ok', old or ''}
 """
 
