@@ -15,10 +15,10 @@ Servers keep no data on disk (no RDB, no AOF): what they hold lives as long as t
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from liveserver import free_port, wait_until
@@ -141,27 +141,29 @@ class RedisCluster:
         return dict(line.split(":", 1) for line in text.split() if ":" in line)
 
     def healthy(self) -> bool:
-        """Every live node says the cluster is ok, and every slot has a reachable master with a replica in sync."""
-        import redis
-
-        live = [port for port, process in self.processes.items() if process.poll() is None]
+        """Every live node says the cluster is ok, and it has its number of masters, all of them live."""
+        live = self._live_ports()
         if not all(self.info(port).get("cluster_state") == "ok" for port in live):
             return False
-        client = redis.RedisCluster(host="127.0.0.1", port=live[0])
-        try:
-            masters = {node.port for node in client.get_primaries()}
-            return masters <= set(live) and len(masters) == self.masters
-        finally:
-            client.close()
+        masters = self._master_ports()
+        return masters <= set(live) and len(masters) == self.masters
 
     def master_of(self, key: bytes | str) -> int:
         """The port of the master serving ``key``'s slot now."""
+        with self._client() as client:
+            return client.get_node_from_key(key).port
+
+    def _live_ports(self) -> list[int]:
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    @contextlib.contextmanager
+    def _client(self):
+        """A cluster client that learns the layout afresh from a live node."""
         import redis
 
-        live = next(port for port, process in self.processes.items() if process.poll() is None)
-        client = redis.RedisCluster(host="127.0.0.1", port=live)
+        client = redis.RedisCluster(host="127.0.0.1", port=self._live_ports()[0])
         try:
-            return client.get_node_from_key(key).port
+            yield client
         finally:
             client.close()
 
@@ -209,19 +211,12 @@ class RedisCluster:
 
     def wait_failed_over(self, port: int, timeout: float = 30) -> None:
         """Wait until the dead ``port`` serves no slot: its replica was promoted and every node agrees."""
-        deadline = time.monotonic() + timeout
-        wait_until(lambda: self.healthy() and port not in self._master_ports(), max(deadline - time.monotonic(), 1),
+        wait_until(lambda: self.healthy() and port not in self._master_ports(), timeout,
                    f"a replica to take over from {port}")
 
     def _master_ports(self) -> set[int]:
-        import redis
-
-        live = next(port for port, process in self.processes.items() if process.poll() is None)
-        client = redis.RedisCluster(host="127.0.0.1", port=live)
-        try:
+        with self._client() as client:
             return {node.port for node in client.get_primaries()}
-        finally:
-            client.close()
 
     def stop(self) -> None:
         for process in self.processes.values():

@@ -19,11 +19,7 @@ from django_river_ml.client import DjangoClient
 from django_river_ml.exceptions import StorageUnavailable
 from django_river_ml.storage import get_store
 from redisservers import RedisCluster
-
-
-def worker() -> DjangoClient:
-    """A client with its own registry, as a separate worker process would have."""
-    return DjangoClient(store=get_store())
+from test_state import worker
 
 
 @pytest.fixture
